@@ -1,0 +1,174 @@
+"""The `tensorgate` command: serve (and the subcommands later features add).
+
+Every `serve` flag can also come from an environment variable,
+TENSORGATE_<FLAG_IN_CAPITALS> (e.g. TENSORGATE_GRPC_PORT=9001); a flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("tensorgate")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TENSORGATE_{name}", default)
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model repository over gRPC",
+        description="Serve a Triton-layout model repository on inference.GRPCInferenceService "
+        "(Triton / KServe v2 wire protocol). Without --model-repository, serves the built-in demo "
+        "repository (all-MiniLM-L6-v2 sentence embeddings and a small add/sub model), built on first "
+        "run into the cache folder.",
+    )
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=_env("MODEL_REPOSITORY"),
+        help="model repository folder (<repo>/<model>/config.pbtxt, <repo>/<model>/<version>/model.onnx); "
+        "default: the built-in demo repository",
+    )
+    p.add_argument(
+        "--grpc-address",
+        default=_env("GRPC_ADDRESS", "127.0.0.1"),
+        help="interface to listen on (default 127.0.0.1; use 0.0.0.0 in a container so other hosts can reach it)",
+    )
+    p.add_argument(
+        "--grpc-port", type=int, default=int(_env("GRPC_PORT", "8001") or 8001), help="gRPC port (default 8001)"
+    )
+    p.add_argument(
+        "--grpc-max-message-bytes",
+        type=int,
+        default=int(_env("GRPC_MAX_MESSAGE_BYTES", str(MAX_MESSAGE_BYTES)) or MAX_MESSAGE_BYTES),
+        help=f"largest gRPC message sent or received, in bytes (default {MAX_MESSAGE_BYTES} = 2 GiB - 1, "
+        "Triton's and protobuf's limit); larger messages are refused by gRPC itself",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=_env("CACHE_DIR"),
+        help=f"where the demo repository and engine caches are built (default {default_cache_dir()})",
+    )
+    p.add_argument(
+        "--strict-readiness",
+        action="store_true",
+        default=_env("STRICT_READINESS", "") in ("1", "true"),
+        help="report the server ready only when every model in the repository is ready (Triton's default); "
+        "by default a model that failed to load is reported UNAVAILABLE but does not make the server unready",
+    )
+    p.add_argument(
+        "--exit-timeout-secs",
+        type=float,
+        default=float(_env("EXIT_TIMEOUT_SECS", "30") or 30),
+        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30)",
+    )
+    p.add_argument(
+        "--log-verbose",
+        type=int,
+        default=int(_env("LOG_VERBOSE", "0") or 0),
+        help="verbose logging level: 0 = info (default), 1 or more = debug",
+    )
+    p.set_defaults(handler=_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tensorgate",
+        description="tensorgate: a high-throughput gRPC inference server for ONNX models, "
+        "wire-compatible with Triton's GRPCInferenceService (KServe v2).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_serve(sub)
+    demo = sub.add_parser("demo-repository", help="build the demo repository if needed and print its path")
+    demo.add_argument("--cache-dir", type=Path, default=_env("CACHE_DIR"), help="cache folder")
+    demo.set_defaults(handler=_demo_repository)
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 0 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _demo_repository(args: argparse.Namespace) -> int:
+    from .demo.repository import build_demo_repository
+
+    _configure_logging(0)
+    print(build_demo_repository(args.cache_dir or default_cache_dir()))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_verbose)
+    settings = ServerSettings(
+        model_repository=args.model_repository,
+        grpc_address=args.grpc_address,
+        grpc_port=args.grpc_port,
+        max_send_message_bytes=args.grpc_max_message_bytes,
+        max_receive_message_bytes=args.grpc_max_message_bytes,
+        cache_dir=args.cache_dir,
+        strict_readiness=args.strict_readiness,
+        exit_timeout_secs=args.exit_timeout_secs,
+        log_verbose=args.log_verbose,
+    )
+    try:
+        asyncio.run(_run(settings))
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+async def _run(settings: ServerSettings) -> None:
+    from .app import InferenceServer
+
+    repository = settings.model_repository
+    if repository is None:
+        from .demo.repository import build_demo_repository
+
+        loop = asyncio.get_running_loop()
+        repository = await loop.run_in_executor(None, build_demo_repository, settings.resolved_cache_dir)
+    server = InferenceServer(settings, Path(repository))
+    await server.start()
+    for line in server.summary():
+        print(line, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(server.wait())
+    await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.exit_timeout_secs)
+    await server.stop()
+    waiter.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

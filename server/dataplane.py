@@ -1,0 +1,126 @@
+"""The transport-agnostic data plane: every RPC's work, with no gRPC in it.
+
+The servicer (grpc.aio today; a thread-pool flavour can reuse this as is)
+turns wire calls into these methods and ServerError into status codes. The
+inference path is split in two so a transport can wait its own way:
+``prepare`` checks and decodes (raising ServerError), ``submit`` queues the
+request, and the scheduler later hands it to the request's sink.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+
+from clients.pb import grpc_service_pb2 as pb
+
+from .errors import NotFoundError
+from .registry import ModelRegistry
+from .request import InferRequest
+from .wire import decode_request
+
+__all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
+
+SERVER_NAME = "tensorgate"
+# exactly the extensions whose RPCs and semantics work
+EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "parameters",
+    "schedule_policy",
+    "statistics",
+)
+
+
+def server_version() -> str:
+    try:
+        return _dist_version("tensorgate")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0.0.0+source"
+
+
+class DataPlane:
+    """Answers every implemented RPC from the registry."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.accepting = False  # set by the app: started and not draining
+        self._version = server_version()
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and not self.registry.loading
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
+
+    def model_ready(self, name: str, version: str) -> bool:
+        try:
+            return self.registry.find(name, version).ready
+        except (NotFoundError, Exception):
+            return False
+
+    def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        mv = self.registry.resolve(name, version)
+        batching = mv.batching
+        ready_versions = [v.version_str for v in self.registry.versions(name) if v.ready]
+        Tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=name,
+            versions=ready_versions,
+            platform=mv.config.platform,
+            inputs=[Tensor(name=t.name, datatype=t.datatype, shape=t.wire_shape(batching)) for t in mv.inputs.values()],
+            outputs=[
+                Tensor(name=t.name, datatype=t.datatype, shape=t.wire_shape(batching)) for t in mv.outputs.values()
+            ],
+        )
+
+    def model_config(self, name: str, version: str) -> pb.ModelConfigResponse:
+        mv = self.registry.resolve(name, version)
+        response = pb.ModelConfigResponse()
+        response.config.CopyFrom(mv.config)
+        return response
+
+    def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
+        Index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                Index(name=e.name, version=e.version, state=e.state, reason=e.reason)
+                for e in self.registry.index(ready_only)
+            ]
+        )
+
+    def model_statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+        if name:
+            versions = [self.registry.find(name, version)] if version else self.registry.versions(name)
+        else:
+            versions = self.registry.all_versions()
+        response = pb.ModelStatisticsResponse()
+        for mv in versions:
+            if mv.ready and mv.scheduler is not None:
+                response.model_stats.append(mv.scheduler.statistics.to_pb(mv.name, mv.version_str))
+        return response
+
+    # ---- inference ---------------------------------------------------------------
+
+    def prepare(self, request: pb.ModelInferRequest) -> InferRequest:
+        """Resolve the model and check and decode the request (raises ServerError)."""
+        arrival = time.monotonic_ns()
+        mv = self.registry.resolve(request.model_name, request.model_version)
+        return decode_request(mv, request, arrival)
+
+    def submit(self, request: InferRequest) -> None:
+        """Queue a prepared request; its sink is told when it is done."""
+        scheduler = request.model.scheduler
+        assert scheduler is not None
+        scheduler.submit(request)
+
+    def cancel(self, request: InferRequest) -> None:
+        scheduler = request.model.scheduler
+        if scheduler is not None:
+            scheduler.cancel(request)

@@ -1,0 +1,73 @@
+"""The server's error hierarchy; servicer.py maps it to gRPC status codes in one place.
+
+Exception tree (gRPC status in brackets)::
+
+    ServerError                    [INTERNAL, generic message to the client]
+    ├── NotFoundError              [NOT_FOUND]          unknown model or version
+    ├── InvalidArgumentError       [INVALID_ARGUMENT]   a request that cannot be right
+    ├── UnavailableError           [UNAVAILABLE]        model not ready, server shutting down
+    │   └── QueueFullError         [UNAVAILABLE]        the model's queue is at max_queue_size
+    ├── DeadlineExceededError      [DEADLINE_EXCEEDED]  timed out while queued; never computed
+    ├── CancelledError             [CANCELLED]          the client went away
+    ├── UnimplementedError         [UNIMPLEMENTED]      an RPC or feature not built (yet)
+    └── InternalError              [INTERNAL]           an engine failed; details only in the log
+
+Messages of every class but the root and InternalError go to the client
+verbatim, so they must name the model, the tensor and what was expected, and
+must never carry internals.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CancelledError",
+    "DeadlineExceededError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "QueueFullError",
+    "ServerError",
+    "UnavailableError",
+    "UnimplementedError",
+]
+
+
+class ServerError(Exception):
+    """Base class; an unexpected error of this type reaches the client as INTERNAL."""
+
+    #: whether str(self) may be sent to the client
+    public = False
+
+
+class NotFoundError(ServerError):
+    public = True
+
+
+class InvalidArgumentError(ServerError):
+    public = True
+
+
+class UnavailableError(ServerError):
+    public = True
+
+
+class QueueFullError(UnavailableError):
+    public = True
+
+
+class DeadlineExceededError(ServerError):
+    public = True
+
+
+class CancelledError(ServerError):
+    public = True
+
+
+class UnimplementedError(ServerError):
+    public = True
+
+
+class InternalError(ServerError):
+    """An engine or server fault: the client gets a generic message, the log the details."""
+
+    public = False

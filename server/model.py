@@ -1,0 +1,205 @@
+"""One loaded model version: effective config, tensor specs, engine, instances, scheduler.
+
+This is the seam between engines and the server: engine errors are translated
+here (``raise ServerError(...) from exc``), nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients.codec import config_dtype_to_datatype, datatype_to_numpy, element_size
+from clients.pb import model_config_pb2 as mc
+from engines import Engine, EngineError, EngineLoadError
+from engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
+
+from .autocomplete import ConfigError, complete_config
+from .repository import DEFAULT_MODEL_FILENAME
+from .scheduler import Scheduler
+
+__all__ = ["ModelState", "ModelVersion", "TensorInfo", "LoadError", "load_model_version"]
+
+log = logging.getLogger("tensorgate.model")
+
+
+class ModelState(str, enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+class LoadError(Exception):
+    """A model version could not be loaded; the message is its UNAVAILABLE reason."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as the wire sees it: dims exclude the batch axis when the model batches."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    np_dtype: np.dtype[Any]
+    element_size: int  # 0 for BYTES
+    reshape: tuple[int, ...] | None  # the engine's dims when config.pbtxt reshapes
+    optional: bool = False
+
+    def wire_shape(self, batching: bool) -> list[int]:
+        return [-1, *self.dims] if batching else list(self.dims)
+
+
+def _tensor_info(entry: mc.ModelInput | mc.ModelOutput) -> TensorInfo:
+    datatype = config_dtype_to_datatype(entry.data_type)
+    return TensorInfo(
+        name=entry.name,
+        datatype=datatype,
+        dims=tuple(entry.dims),
+        np_dtype=datatype_to_numpy(datatype),
+        element_size=element_size(datatype),
+        reshape=tuple(entry.reshape.shape) if entry.HasField("reshape") else None,
+        optional=bool(getattr(entry, "optional", False)),
+    )
+
+
+def _read_labels(model_dir: Path, output: mc.ModelOutput) -> list[str] | None:
+    if not output.label_filename:
+        return None
+    path = model_dir / output.label_filename
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise LoadError(f"output '{output.name}': cannot read label file {output.label_filename}: {exc}") from exc
+
+
+def _int_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
+    if key not in config.parameters:
+        return default
+    raw = config.parameters[key].string_value
+    try:
+        return int(raw)
+    except ValueError:
+        raise LoadError(f"parameter {key} must be an integer, got '{raw}'") from None
+
+
+def _ort_options(config: mc.ModelConfig, instance_count: int) -> OrtOptions:
+    """Triton's ORT backend keys in `parameters`, with defaults that fit the host."""
+    intra = _int_parameter(config, "intra_op_thread_count", 0) or default_intra_op_threads(instance_count)
+    inter = _int_parameter(config, "inter_op_thread_count", 0) or 1
+    level = config.optimization.graph.level if config.HasField("optimization") else 0
+    spinning = config.parameters["allow_spinning"].string_value if "allow_spinning" in config.parameters else ""
+    return OrtOptions(
+        intra_op_threads=intra,
+        inter_op_threads=inter,
+        graph_level=level,
+        allow_spinning=spinning.lower() in ("1", "true", "yes"),
+    )
+
+
+class ModelVersion:
+    """A model version the server can run; immutable once READY."""
+
+    def __init__(self, name: str, version: int, path: Path) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.path = path
+        self.state = ModelState.LOADING
+        self.reason = ""
+        self.config = mc.ModelConfig(name=name)
+        self.inputs: dict[str, TensorInfo] = {}
+        self.outputs: dict[str, TensorInfo] = {}
+        self.labels: dict[str, list[str]] = {}
+        self.max_batch_size = 0
+        self.engine: Engine | None = None
+        self.scheduler: Scheduler | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+    def fail(self, reason: str) -> None:
+        self.state = ModelState.UNAVAILABLE
+        self.reason = reason
+
+    def stop(self) -> None:
+        """Drain the scheduler (queued requests finish) and release the engine."""
+        if self.state is ModelState.READY:
+            self.state = ModelState.UNLOADING
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.engine is not None:
+            self.engine.close()
+        if self.state is ModelState.UNLOADING:
+            self.state = ModelState.UNAVAILABLE
+            self.reason = "unloaded"
+
+
+def _instance_count(config: mc.ModelConfig) -> int:
+    return sum(max(1, g.count) for g in config.instance_group) or 1
+
+
+def load_model_version(
+    name: str,
+    version: int,
+    model_file: Path,
+    given: mc.ModelConfig,
+    *,
+    max_batch_size_given: bool,
+) -> ModelVersion:
+    """Load one version: engine, effective config, instances, scheduler. Never raises."""
+    mv = ModelVersion(name, version, model_file.parent.parent)
+    try:
+        if not model_file.exists():
+            raise LoadError(f"version {version} has no model file {model_file.name}")
+        # threads depend on the instance count, which the given config knows before completion
+        options = _ort_options(given, _instance_count(given) if given.instance_group else 2)
+        engine = OnnxRuntimeEngine(model_file, options)
+        mv.engine = engine
+        config = complete_config(
+            given,
+            engine.inputs,
+            engine.outputs,
+            max_batch_size_given=max_batch_size_given,
+            default_model_filename=given.default_model_filename or DEFAULT_MODEL_FILENAME,
+        )
+        mv.config = config
+        mv.max_batch_size = config.max_batch_size
+        mv.inputs = {t.name: _tensor_info(t) for t in config.input}
+        mv.outputs = {t.name: _tensor_info(t) for t in config.output}
+        for output in config.output:
+            labels = _read_labels(mv.path, output)
+            if labels is not None:
+                mv.labels[output.name] = labels
+        instances = [engine.create_instance() for _ in range(_instance_count(config))]
+        mv.scheduler = Scheduler(mv, instances)
+        mv.scheduler.start()
+        mv.state = ModelState.READY
+        log.info(
+            "model %s version %d READY: %d instance(s), max_batch_size %d, %d intra-op thread(s) each",
+            name,
+            version,
+            len(instances),
+            mv.max_batch_size,
+            options.intra_op_threads,
+        )
+    except (LoadError, ConfigError, EngineLoadError) as exc:
+        mv.fail(str(exc))
+        log.error("model %s version %d UNAVAILABLE: %s", name, version, exc)
+    except EngineError as exc:
+        mv.fail(f"engine error: {exc}")
+        log.error("model %s version %d UNAVAILABLE: %s", name, version, exc)
+    except Exception as exc:  # a broken model must never take the server down
+        mv.fail(f"failed to load: {type(exc).__name__}: {exc}")
+        log.exception("model %s version %d UNAVAILABLE", name, version)
+    return mv

@@ -1,0 +1,93 @@
+"""The internal inference request: what the scheduler queues and a transport waits on.
+
+It carries numpy views of the inputs (no copies), the requested outputs, the
+scheduling fields (priority, timeout, deadline) and the timestamps that feed
+statistics and traces. When the scheduler is done it sets ``outputs`` or
+``error`` and hands the request to its ``sink``, once per batch for all the
+requests of that batch (one thread hop per batch, not per request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .model import ModelVersion
+
+__all__ = ["CompletionSink", "InferRequest", "RequestedOutput"]
+
+
+class RequestedOutput(NamedTuple):
+    name: str
+    classification: int  # top-k classes as BYTES "value:index[:label]"; 0 = the tensor itself
+
+
+class CompletionSink(Protocol):
+    """Where finished requests go; called from a worker thread once per batch."""
+
+    def deliver(self, requests: Sequence[InferRequest]) -> None: ...
+
+
+class InferRequest:
+    """One ModelInfer call on its way through the server."""
+
+    __slots__ = (
+        "arrival_ns",
+        "batch_size",
+        "cancelled",
+        "compute_end_ns",
+        "compute_input_end_ns",
+        "compute_output_start_ns",
+        "compute_start_ns",
+        "deadline_ns",
+        "error",
+        "id",
+        "inputs",
+        "level",
+        "merge_key",
+        "model",
+        "outputs",
+        "parameters",
+        "priority",
+        "requested",
+        "sink",
+        "timeout_us",
+        "trace",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        model: ModelVersion,
+        request_id: str,
+        inputs: dict[str, npt.NDArray[Any]],
+        requested: list[RequestedOutput],
+        batch_size: int,
+        merge_key: tuple[Any, ...],
+        arrival_ns: int,
+    ) -> None:
+        self.model = model
+        self.id = request_id
+        self.inputs = inputs
+        self.requested = requested
+        self.batch_size = batch_size  # rows along axis 0; 1 for a model that does not batch
+        self.merge_key = merge_key  # requests merge into one run only when these are equal
+        self.arrival_ns = arrival_ns
+        self.priority = 0  # 0 = the model's default level
+        self.level = 0  # the scheduler queue holding it; -1 = delayed after a timeout
+        self.timeout_us = 0  # 0 = none
+        self.deadline_ns = 0  # monotonic ns; 0 = none
+        self.parameters: dict[str, Any] = {}
+        self.sink: CompletionSink | None = None
+        self.cancelled = False
+        self.outputs: dict[str, npt.NDArray[Any]] | None = None
+        self.error: BaseException | None = None
+        self.compute_start_ns = 0
+        self.compute_input_end_ns = 0
+        self.compute_output_start_ns = 0
+        self.compute_end_ns = 0
+        self.trace: Any = None
+        self.waiter: Any = None  # the transport's future/event for this request

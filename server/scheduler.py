@@ -1,0 +1,376 @@
+"""The per-model scheduler: Triton's dynamic batcher over a pool of instance threads.
+
+Each engine instance has one worker thread. A free worker takes the next batch
+from the queues: requests in priority order (level 1 first), then arrival
+order, merged while their non-batch shapes match and the rows fit
+max_batch_size. A batch is sent at once when it is full or a preferred size,
+or when max_queue_delay_microseconds (default 0: never wait) has passed for
+its oldest request; otherwise the worker waits for more. Without
+dynamic_batching each request runs alone, on every instance in parallel.
+
+Queue policy per priority level: max_queue_size (a full queue rejects at once,
+UNAVAILABLE), default timeout with REJECT (DEADLINE_EXCEEDED, never computed)
+or DELAY (served after every request that has not timed out), and
+allow_timeout_override. A cancelled request leaves the queue.
+
+Workers stamp the request timestamps (statistics, traces), run the engine
+with the GIL released, split the outputs back as views, and hand the finished
+requests to their sinks once per batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clients.pb import model_config_pb2 as mc
+from engines import EngineError, EngineInstance
+
+from .errors import DeadlineExceededError, InternalError, QueueFullError, UnavailableError
+from .request import InferRequest
+from .statistics import ModelStatistics
+
+if TYPE_CHECKING:
+    from .model import ModelVersion
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("tensorgate.scheduler")
+_now = time.monotonic_ns
+
+
+class _Level:
+    """One priority level's queue and policy."""
+
+    __slots__ = ("allow_override", "default_timeout_us", "delay_on_timeout", "items", "max_size")
+
+    def __init__(self, policy: mc.ModelQueuePolicy | None) -> None:
+        self.items: collections.deque[InferRequest] = collections.deque()
+        self.max_size = policy.max_queue_size if policy else 0
+        self.default_timeout_us = policy.default_timeout_microseconds if policy else 0
+        self.allow_override = policy.allow_timeout_override if policy else False
+        self.delay_on_timeout = bool(policy and policy.timeout_action == mc.ModelQueuePolicy.DELAY)
+
+
+class Scheduler:
+    """Queues a model's requests and runs them in batches on its instances."""
+
+    def __init__(self, model: ModelVersion, instances: list[EngineInstance]) -> None:
+        config = model.config
+        self._model = model
+        self._instances = instances
+        self.statistics = ModelStatistics()
+        batching = config.WhichOneof("scheduling_choice") == "dynamic_batching"
+        db = config.dynamic_batching
+        self._dynamic = batching and model.max_batch_size > 0
+        self._max_rows = model.max_batch_size if self._dynamic else 0
+        self._preferred = sorted({p for p in db.preferred_batch_size if 0 < p <= self._max_rows})
+        self._delay_ns = int(db.max_queue_delay_microseconds) * 1000 if self._dynamic else 0
+        self._preserve_ordering = batching and db.preserve_ordering
+        levels = int(db.priority_levels) if batching else 0
+        self._default_level = int(db.default_priority_level) if levels else 0
+        default_policy = db.default_queue_policy if batching and db.HasField("default_queue_policy") else None
+        # index 0 is unused when there are priority levels (level 1 is the highest)
+        self._levels = [
+            _Level(db.priority_queue_policy.get(i) if i in db.priority_queue_policy else default_policy)
+            for i in range(levels + 1)
+        ]
+        self._delayed: collections.deque[InferRequest] = collections.deque()  # DELAY after timeout
+        self._with_deadline = 0  # queued requests that can expire; 0 skips the expiry scan
+        self._cond = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._pending = 0
+        # preserve_ordering: hand requests back in submission order
+        self._next_seq = 0
+        self._deliver_seq = 0
+        self._held: dict[int, InferRequest | None] = {}
+        self._seq: dict[int, int] = {}
+        self._order_lock = threading.Lock()
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        for index, instance in enumerate(self._instances):
+            thread = threading.Thread(
+                target=self._work,
+                args=(instance,),
+                name=f"tg-{self._model.name}-{self._model.version}-{index}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Refuse new requests, let queued and running ones finish, stop the workers."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        for instance in self._instances:
+            instance.close()
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or running (Triton's pending_request_count)."""
+        return self._pending
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    # ---- submission ----------------------------------------------------------
+
+    def submit(self, request: InferRequest) -> None:
+        """Queue a request; raises QueueFullError or UnavailableError at once."""
+        # Triton: priority 0 or beyond priority_levels means the default level
+        priority = request.priority
+        level_index = priority if 0 < priority < len(self._levels) else self._default_level
+        level = self._levels[level_index]
+        timeout_us = level.default_timeout_us
+        if request.timeout_us and level.allow_override and (not timeout_us or request.timeout_us < timeout_us):
+            timeout_us = request.timeout_us
+        if timeout_us:
+            expiry = request.arrival_ns + timeout_us * 1000
+            if not request.deadline_ns or expiry < request.deadline_ns:
+                request.deadline_ns = expiry
+                request.timeout_us = timeout_us
+        with self._cond:
+            if self._stopping:
+                raise UnavailableError(f"model '{self._model.name}' is unloading")
+            if level.max_size and len(level.items) >= level.max_size:
+                raise QueueFullError(
+                    f"model '{self._model.name}' queue is full (max_queue_size {level.max_size}); "
+                    "request rejected, retry later"
+                )
+            if self._preserve_ordering:
+                self._seq[id(request)] = self._next_seq
+                self._next_seq += 1
+            request.level = level_index
+            level.items.append(request)
+            self._pending += 1
+            if request.deadline_ns:
+                self._with_deadline += 1
+            self._cond.notify()
+
+    def cancel(self, request: InferRequest) -> None:
+        """The client went away: drop the request if it is still queued."""
+        request.cancelled = True
+        with self._cond:
+            for queue in (*(lv.items for lv in self._levels), self._delayed):
+                try:
+                    queue.remove(request)
+                except ValueError:
+                    continue
+                self._pending -= 1
+                self._skip(request)
+                return
+
+    # ---- batch formation (called with the lock held) -------------------------
+
+    def _queues(self) -> Iterable[collections.deque[InferRequest]]:
+        # level 0 only exists without priority levels; then it is the one queue
+        yield from (lv.items for lv in (self._levels[1:] or self._levels))
+        if len(self._levels) > 1:
+            yield self._levels[0].items
+        yield self._delayed
+
+    def _expire(self, now: int, expired: list[InferRequest]) -> None:
+        """Take timed-out requests out of the queues: REJECT fails them, DELAY moves them last."""
+        if not self._with_deadline:
+            return
+        for level in self._levels:
+            items = level.items
+            if not items or not any(r.deadline_ns and r.deadline_ns <= now for r in items):
+                continue
+            keep: collections.deque[InferRequest] = collections.deque()
+            for r in items:
+                if r.deadline_ns and r.deadline_ns <= now:
+                    self._with_deadline -= 1
+                    if level.delay_on_timeout and r.timeout_us:
+                        r.deadline_ns = 0
+                        r.level = -1
+                        self._delayed.append(r)
+                    else:
+                        expired.append(r)
+                else:
+                    keep.append(r)
+            level.items = keep
+
+    def _take_batch(self, now: int) -> tuple[list[InferRequest], float | None]:
+        """Return (batch, 0) to run now, or ([], seconds to wait; None = until notified)."""
+        batch: list[InferRequest] = []
+        rows = 0
+        preferred_cut = 0
+        full = False
+        for queue in self._queues():
+            while queue:
+                head = queue[0]
+                if head.cancelled:
+                    queue.popleft()
+                    self._pending -= 1
+                    self._skip(head)
+                    continue
+                if head.deadline_ns:
+                    self._with_deadline -= 1
+                if not batch:
+                    batch.append(queue.popleft())
+                    rows = head.batch_size
+                    if not self._dynamic:
+                        return batch, 0
+                elif head.merge_key != batch[0].merge_key or rows + head.batch_size > self._max_rows:
+                    full = True
+                    break
+                else:
+                    batch.append(queue.popleft())
+                    rows += head.batch_size
+                if rows in self._preferred:
+                    preferred_cut = len(batch)
+                if rows >= self._max_rows:
+                    full = True
+                    break
+            if full:
+                break
+        if not batch:
+            return batch, None
+        wait_ns = batch[0].arrival_ns + self._delay_ns - now
+        if full or self._delay_ns == 0 or wait_ns <= 0 or self._stopping:
+            return batch, 0
+        if preferred_cut:
+            self._requeue(batch[preferred_cut:])
+            return batch[:preferred_cut], 0
+        self._requeue(batch)
+        return [], wait_ns / 1e9
+
+    def _requeue(self, requests: list[InferRequest]) -> None:
+        """Put back requests taken while forming a batch, keeping their order and level."""
+        for r in reversed(requests):
+            queue = self._delayed if r.level < 0 else self._levels[r.level].items
+            queue.appendleft(r)
+            if r.deadline_ns:
+                self._with_deadline += 1
+
+    # ---- workers -------------------------------------------------------------------
+
+    def _work(self, instance: EngineInstance) -> None:
+        while True:
+            expired: list[InferRequest] = []
+            with self._cond:
+                while True:
+                    now = _now()
+                    self._expire(now, expired)
+                    if expired:
+                        self._pending -= len(expired)
+                        break
+                    batch, wait = self._take_batch(now)
+                    if batch:
+                        break
+                    if self._stopping and not any(self._queues()):
+                        return
+                    self._cond.wait(wait)
+            if expired:
+                for r in expired:
+                    r.error = DeadlineExceededError(
+                        f"request for model '{self._model.name}' timed out in the queue "
+                        f"after {(now - r.arrival_ns) // 1000} us; it was not computed"
+                    )
+                self.statistics.record_failures(expired, now)
+                self._deliver(expired)
+                continue
+            self._execute(instance, batch)
+
+    def _merge(self, batch: list[InferRequest], name: str) -> npt.NDArray[Any]:
+        if len(batch) == 1:
+            return batch[0].inputs[name]
+        return np.concatenate([r.inputs[name] for r in batch], axis=0)
+
+    def _execute(self, instance: EngineInstance, batch: list[InferRequest]) -> None:
+        model = self._model
+        start = _now()
+        for r in batch:
+            r.compute_start_ns = start
+        wanted: dict[str, None] = {}
+        for r in batch:
+            for out in r.requested:
+                wanted[out.name] = None
+        names = list(wanted)
+        try:
+            inputs = {name: self._merge(batch, name) for name in batch[0].inputs}
+            input_end = _now()
+            results = instance.run(inputs, names)
+            output_start = _now()
+            if len(batch) == 1:
+                batch[0].outputs = results
+            else:
+                offset = 0
+                for r in batch:
+                    end = offset + r.batch_size
+                    r.outputs = {n: v[offset:end] for n, v in results.items()}
+                    offset = end
+            end_ns = _now()
+            for r in batch:
+                r.compute_input_end_ns = input_end
+                r.compute_output_start_ns = output_start
+                r.compute_end_ns = end_ns
+            self.statistics.record_batch(batch, start, input_end, output_start, end_ns)
+        except (EngineError, Exception) as exc:  # the batch fails, the instance keeps serving
+            ids = [r.id for r in batch]
+            log.error("model %s version %s: batch of %d request(s) %s failed: %s",
+                      model.name, model.version, len(batch), ids, exc, exc_info=not isinstance(exc, EngineError))
+            for r in batch:
+                r.error = InternalError(f"model '{model.name}' failed to run this request")
+            self.statistics.record_failures(batch, _now())
+        with self._cond:
+            self._pending -= len(batch)
+        self._deliver(batch)
+
+    def _deliver(self, requests: list[InferRequest]) -> None:
+        if self._preserve_ordering:
+            requests = self._in_order(requests)
+        by_sink: dict[int, tuple[Any, list[InferRequest]]] = {}
+        for r in requests:
+            if r.sink is None:
+                continue
+            entry = by_sink.get(id(r.sink))
+            if entry is None:
+                by_sink[id(r.sink)] = (r.sink, [r])
+            else:
+                entry[1].append(r)
+        for sink, group in by_sink.values():
+            try:
+                sink.deliver(group)
+            except Exception:  # a transport that went away must not kill the worker
+                log.exception("delivering results for model %s failed", self._model.name)
+
+    def _skip(self, request: InferRequest) -> None:
+        """A request that will never be delivered must not hold back the ones after it."""
+        if self._preserve_ordering:
+            with self._order_lock:
+                seq = self._seq.pop(id(request), None)
+                if seq is not None:
+                    self._held[seq] = None
+
+    def _in_order(self, requests: list[InferRequest]) -> list[InferRequest]:
+        """Hold finished requests until every request submitted before them is done."""
+        ready: list[InferRequest] = []
+        with self._order_lock:
+            for r in requests:
+                seq = self._seq.pop(id(r), None)
+                if seq is None:
+                    ready.append(r)
+                else:
+                    self._held[seq] = r
+            while self._deliver_seq in self._held:
+                held = self._held.pop(self._deliver_seq)
+                if held is not None:
+                    ready.append(held)
+                self._deliver_seq += 1
+        return ready

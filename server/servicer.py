@@ -1,0 +1,272 @@
+"""The grpc.aio servicer: wire calls -> DataPlane, ServerError -> gRPC status, in one place.
+
+Inference requests wait on an asyncio future that the scheduler's worker
+resolves through ``_LoopSink``: one ``call_soon_threadsafe`` per batch, not
+per request. Unexpected errors become INTERNAL with a generic message; the log
+keeps the details and the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from clients.pb import grpc_service_pb2 as pb
+from clients.pb import grpc_service_pb2_grpc as pb_grpc
+
+from .dataplane import DataPlane
+from .errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    ServerError,
+    UnavailableError,
+    UnimplementedError,
+)
+from .request import InferRequest
+from .wire import encode_response
+
+__all__ = ["InferenceServicer", "status_for"]
+
+log = logging.getLogger("tensorgate.servicer")
+
+_STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (CancelledError, grpc.StatusCode.CANCELLED),
+    (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
+)
+_INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
+    """The one mapping from an exception to (status code, client-safe message)."""
+    if isinstance(exc, ServerError) and exc.public:
+        for cls, code in _STATUS:
+            if isinstance(exc, cls):
+                if code is not grpc.StatusCode.INVALID_ARGUMENT and code is not grpc.StatusCode.NOT_FOUND:
+                    log.info("request %r: %s: %s", request_id, code.name, exc)
+                return code, str(exc)
+    if isinstance(exc, ServerError):
+        log.error("request %r failed: %s", request_id, exc)
+    else:
+        log.error("request %r failed unexpectedly", request_id, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+Handler = Callable[[Any, _Req, grpc.aio.ServicerContext], Awaitable[_Resp]]
+
+
+def _unary(method: Handler[_Req, _Resp]) -> Handler[_Req, _Resp]:
+    """Map ServerError (and anything unexpected) to a status on a unary RPC."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
+        try:
+            return await method(self, request, context)
+        except (ServerError, Exception) as exc:
+            code, message = status_for(exc, getattr(request, "id", ""))
+            await context.abort(code, message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class _LoopSink:
+    """Resolves the futures of finished requests on the event loop, one hop per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def deliver(self, requests: Sequence[InferRequest]) -> None:
+        self._loop.call_soon_threadsafe(self._resolve, requests)
+
+    @staticmethod
+    def _resolve(requests: Sequence[InferRequest]) -> None:
+        for r in requests:
+            waiter = r.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService on grpc.aio."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+        self._sink: _LoopSink | None = None
+
+    def _loop_sink(self) -> _LoopSink:
+        if self._sink is None:
+            self._sink = _LoopSink(asyncio.get_running_loop())
+        return self._sink
+
+    # ---- health and metadata --------------------------------------------------------
+
+    @_unary
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._plane.live)
+
+    @_unary
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._plane.ready)
+
+    @_unary
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version))
+
+    @_unary
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return self._plane.server_metadata()
+
+    @_unary
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        return self._plane.model_metadata(request.name, request.version)
+
+    @_unary
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return self._plane.model_config(request.name, request.version)
+
+    @_unary
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        return self._plane.model_statistics(request.name, request.version)
+
+    @_unary
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        return self._plane.repository_index(request.ready)
+
+    # ---- inference -------------------------------------------------------------------
+
+    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> InferRequest:
+        """Prepare, queue and wait for one request; raises ServerError on failure."""
+        prepared = self._plane.prepare(request)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            deadline = prepared.arrival_ns + int(remaining * 1e9)
+            if not prepared.deadline_ns or deadline < prepared.deadline_ns:
+                prepared.deadline_ns = deadline
+        waiter = asyncio.get_running_loop().create_future()
+        prepared.waiter = waiter
+        prepared.sink = self._loop_sink()
+        self._plane.submit(prepared)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            self._plane.cancel(prepared)
+            raise
+        if prepared.error is not None:
+            raise prepared.error
+        return prepared
+
+    @_unary
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return encode_response(await self._infer(request, context))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request runs concurrently; responses go out as they finish.
+
+        A failed request answers with error_message and the stream stays open,
+        unless the client sent the header ``triton_grpc_error: true`` (Triton's
+        opt-in), which ends the stream with the real status code.
+        """
+        metadata = dict(context.invocation_metadata() or ())
+        fail_stream = str(metadata.get("triton_grpc_error", "")).lower() == "true"
+        outbox: asyncio.Queue[pb.ModelStreamInferResponse | BaseException | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                done = await self._infer(request, context)
+                outbox.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(done)))
+            except asyncio.CancelledError:
+                raise
+            except (ServerError, Exception) as exc:
+                if fail_stream:
+                    outbox.put_nowait(exc)
+                    return
+                _, message = status_for(exc, request.id)
+                outbox.put_nowait(
+                    pb.ModelStreamInferResponse(
+                        error_message=message,
+                        infer_response=pb.ModelInferResponse(
+                            model_name=request.model_name, model_version=request.model_version, id=request.id
+                        ),
+                    )
+                )
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.ensure_future(one(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            outbox.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                item = await outbox.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    code, message = status_for(item)
+                    await context.abort(code, message)
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    # ---- owned by later features ------------------------------------------------------
+
+    async def _unimplemented(self, context: grpc.aio.ServicerContext, feature: str) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not implemented by this server yet")
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "model control (RepositoryModelLoad)")
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "model control (RepositoryModelUnload)")
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the system shared-memory extension")
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the system shared-memory extension")
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the system shared-memory extension")
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the CUDA shared-memory extension")
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the CUDA shared-memory extension")
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the CUDA shared-memory extension")
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the trace extension (TraceSetting)")
+
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context, "the logging extension (LogSettings)")
+

@@ -1,0 +1,53 @@
+"""Server settings: one frozen dataclass, filled from CLI flags or TENSORGATE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir"]
+
+MAX_MESSAGE_BYTES = 2**31 - 1  # INT32_MAX: Triton's limit, and protobuf's
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache folder: $TENSORGATE_CACHE_DIR, else $XDG_CACHE_HOME/tensorgate, else ~/.cache/tensorgate."""
+    explicit = os.environ.get("TENSORGATE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tensorgate"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `tensorgate serve` can be told.
+
+    Args:
+        model_repository: the repository to serve; None serves the built-in demo repository.
+        grpc_address: interface to bind (0.0.0.0 in containers).
+        grpc_port: port to bind; 0 picks a free one.
+        max_send_message_bytes / max_receive_message_bytes: gRPC message limits.
+        cache_dir: where the demo repository (and later engine caches) are built.
+        strict_readiness: ServerReady only when every model is ready (Triton's default);
+            otherwise a model that failed to load does not make the server unready.
+        exit_timeout_secs: how long shutdown waits for in-flight requests.
+        log_verbose: verbose logging level (0 = off).
+        reuse_port: bind with SO_REUSEPORT so several processes share the port (--workers).
+    """
+
+    model_repository: Path | None = None
+    grpc_address: str = "127.0.0.1"
+    grpc_port: int = 8001
+    max_send_message_bytes: int = MAX_MESSAGE_BYTES
+    max_receive_message_bytes: int = MAX_MESSAGE_BYTES
+    cache_dir: Path | None = None
+    strict_readiness: bool = False
+    exit_timeout_secs: float = 30.0
+    log_verbose: int = 0
+    reuse_port: bool = False
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or default_cache_dir()

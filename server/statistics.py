@@ -1,0 +1,113 @@
+"""Cumulative per-model statistics, Triton's statistics extension semantics.
+
+success/fail/queue/compute_* are counted per request, in nanoseconds; each
+request of a batch is charged the batch's compute durations (as Triton does,
+so cumulative ns / count is the mean duration a request saw). inference_count
+counts batch rows, execution_count engine runs, batch_stats one entry per
+executed batch size. Workers record under one short lock per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from clients.pb import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from .request import InferRequest
+
+__all__ = ["Duration", "ModelStatistics"]
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, count: int, ns: int) -> None:
+        self.count += count
+        self.ns += ns
+
+    def to_pb(self, out: pb.StatisticDuration) -> None:
+        out.count = self.count
+        out.ns = self.ns
+
+
+@dataclass
+class _BatchSizeStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+class ModelStatistics:
+    """Counters for one model version; safe to update from several worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batches: dict[int, _BatchSizeStats] = {}
+
+    def record_batch(
+        self, batch: Sequence[InferRequest], start: int, input_end: int, output_start: int, end: int
+    ) -> None:
+        """One executed batch whose requests all succeeded."""
+        n = len(batch)
+        rows = sum(r.batch_size for r in batch)
+        queue_ns = sum(start - r.arrival_ns for r in batch)
+        request_ns = sum(end - r.arrival_ns for r in batch)
+        c_in, c_infer, c_out = input_end - start, output_start - input_end, end - output_start
+        wall_ms = time.time_ns() // 1_000_000  # last_inference is wall-clock by definition
+        with self._lock:
+            self.success.add(n, request_ns)
+            self.queue.add(n, queue_ns)
+            self.compute_input.add(n, c_in * n)
+            self.compute_infer.add(n, c_infer * n)
+            self.compute_output.add(n, c_out * n)
+            self.inference_count += rows
+            self.execution_count += 1
+            self.last_inference_ms = wall_ms
+            per_size = self.batches.get(rows)
+            if per_size is None:
+                per_size = self.batches[rows] = _BatchSizeStats()
+            per_size.compute_input.add(1, c_in)
+            per_size.compute_infer.add(1, c_infer)
+            per_size.compute_output.add(1, c_out)
+
+    def record_failures(self, requests: Sequence[InferRequest], end: int) -> None:
+        """Requests that failed in the scheduler (timed out, engine error)."""
+        with self._lock:
+            self.fail.add(len(requests), sum(end - r.arrival_ns for r in requests))
+
+    def to_pb(self, name: str, version: str) -> pb.ModelStatistics:
+        out = pb.ModelStatistics(name=name, version=version)
+        with self._lock:
+            out.last_inference = self.last_inference_ms
+            out.inference_count = self.inference_count
+            out.execution_count = self.execution_count
+            stats = out.inference_stats
+            self.success.to_pb(stats.success)
+            self.fail.to_pb(stats.fail)
+            self.queue.to_pb(stats.queue)
+            self.compute_input.to_pb(stats.compute_input)
+            self.compute_infer.to_pb(stats.compute_infer)
+            self.compute_output.to_pb(stats.compute_output)
+            for size in sorted(self.batches):
+                entry = self.batches[size]
+                item = out.batch_stats.add(batch_size=size)
+                entry.compute_input.to_pb(item.compute_input)
+                entry.compute_infer.to_pb(item.compute_infer)
+                entry.compute_output.to_pb(item.compute_output)
+        return out
