@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,7 +33,7 @@ log = logging.getLogger("tensorgate.app")
 class _ReadinessHealth(health.aio.HealthServicer):  # type: ignore[misc]
     """grpc.health.v1.Health that, like Triton, ignores the service name: SERVING iff ready."""
 
-    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> object:
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> object:
         return await super().Check(health_pb2.HealthCheckRequest(service=""), context)
 
 
@@ -42,7 +43,7 @@ class InferenceServer:
     def __init__(self, settings: ServerSettings, repository: Path) -> None:
         self.settings = settings
         self.registry = ModelRegistry(repository)
-        self.plane = DataPlane(self.registry)
+        self.plane = DataPlane(self.registry, settings.strict_readiness)
         self._server: grpc.aio.Server | None = None
         self._health = _ReadinessHealth()
         self.port = 0
@@ -53,9 +54,7 @@ class InferenceServer:
 
     @property
     def ready(self) -> bool:
-        if not self.plane.ready:
-            return False
-        return self.registry.all_ready if self.settings.strict_readiness else True
+        return self.plane.ready
 
     async def start(self) -> None:
         """Load the repository, bind and start serving."""

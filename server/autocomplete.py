@@ -17,7 +17,7 @@ from clients.codec import CodecError, config_dtype_to_datatype, datatype_to_conf
 from clients.pb import model_config_pb2 as mc
 from engines import TensorSpec
 
-__all__ = ["ConfigError", "complete_config", "model_can_batch", "DEFAULT_MAX_BATCH_SIZE"]
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "ConfigError", "complete_config", "model_can_batch"]
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 DEFAULT_CPU_INSTANCES = 2  # Triton's ORT backend: KIND_CPU without a count
@@ -58,12 +58,12 @@ def _complete_tensors(
                 f"{sorted(by_name)}"
             )
         model_dims = list(spec.shape[1:] if batching else spec.shape)
-        data_type = entry.data_type
+        data_type = int(entry.data_type)
         if data_type == mc.TYPE_INVALID:
             data_type = datatype_to_config_dtype(spec.datatype)
         elif config_dtype_to_datatype(data_type) != spec.datatype:
             raise ConfigError(
-                f"{kind} '{entry.name}': config.pbtxt says {mc.DataType.Name(data_type)}, "
+                f"{kind} '{entry.name}': config.pbtxt says {mc.DataType.Name(entry.data_type)}, "
                 f"the model has {spec.datatype}"
             )
         dims = list(entry.dims) or model_dims

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("tensorgate")
 

@@ -43,8 +43,9 @@ def server_version() -> str:
 class DataPlane:
     """Answers every implemented RPC from the registry."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, strict_readiness: bool = False) -> None:
         self.registry = registry
+        self.strict_readiness = strict_readiness
         self.accepting = False  # set by the app: started and not draining
         self._version = server_version()
 
@@ -54,7 +55,10 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return self.accepting and not self.registry.loading
+        """Started, not draining, no model loading; strict: every model ready too (Triton's default)."""
+        if not self.accepting or self.registry.loading:
+            return False
+        return self.registry.all_ready if self.strict_readiness else True
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)

@@ -16,14 +16,14 @@ import numpy as np
 
 from clients.codec import config_dtype_to_datatype, datatype_to_numpy, element_size
 from clients.pb import model_config_pb2 as mc
-from engines import Engine, EngineError, EngineLoadError
+from engines import Engine, EngineError, EngineInstance, EngineLoadError
 from engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
 
 from .autocomplete import ConfigError, complete_config
 from .repository import DEFAULT_MODEL_FILENAME
 from .scheduler import Scheduler
 
-__all__ = ["ModelState", "ModelVersion", "TensorInfo", "LoadError", "load_model_version"]
+__all__ = ["LoadError", "ModelState", "ModelVersion", "TensorInfo", "load_model_version"]
 
 log = logging.getLogger("tensorgate.model")
 
@@ -181,7 +181,7 @@ def load_model_version(
             labels = _read_labels(mv.path, output)
             if labels is not None:
                 mv.labels[output.name] = labels
-        instances = [engine.create_instance() for _ in range(_instance_count(config))]
+        instances: list[EngineInstance] = [engine.create_instance() for _ in range(_instance_count(config))]
         mv.scheduler = Scheduler(mv, instances)
         mv.scheduler.start()
         mv.state = ModelState.READY

@@ -20,7 +20,7 @@ from google.protobuf import text_format
 
 from clients.pb import model_config_pb2 as mc
 
-__all__ = ["ModelSource", "scan_repository", "read_model_source", "select_versions", "DEFAULT_MODEL_FILENAME"]
+__all__ = ["DEFAULT_MODEL_FILENAME", "ModelSource", "read_model_source", "scan_repository", "select_versions"]
 
 log = logging.getLogger("tensorgate.repository")
 

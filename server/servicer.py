@@ -35,6 +35,7 @@ from .wire import encode_response
 __all__ = ["InferenceServicer", "status_for"]
 
 log = logging.getLogger("tensorgate.servicer")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -64,14 +65,14 @@ def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCod
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
-Handler = Callable[[Any, _Req, grpc.aio.ServicerContext], Awaitable[_Resp]]
+Handler = Callable[[Any, _Req, Context], Awaitable[_Resp]]
 
 
 def _unary(method: Handler[_Req, _Resp]) -> Handler[_Req, _Resp]:
     """Map ServerError (and anything unexpected) to a status on a unary RPC."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
+    async def wrapper(self: Any, request: _Req, context: Context) -> _Resp:
         try:
             return await method(self, request, context)
         except (ServerError, Exception) as exc:
@@ -151,7 +152,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference -------------------------------------------------------------------
 
-    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> InferRequest:
+    async def _infer(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
         """Prepare, queue and wait for one request; raises ServerError on failure."""
         prepared = self._plane.prepare(request)
         remaining = context.time_remaining()
@@ -177,7 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return encode_response(await self._infer(request, context))
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request runs concurrently; responses go out as they finish.
 
@@ -228,6 +229,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if isinstance(item, BaseException):
                     code, message = status_for(item)
                     await context.abort(code, message)
+                    return
                 yield item
             await reader
         finally:
@@ -237,7 +239,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- owned by later features ------------------------------------------------------
 
-    async def _unimplemented(self, context: grpc.aio.ServicerContext, feature: str) -> Any:
+    async def _unimplemented(self, context: Context, feature: str) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not implemented by this server yet")
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:

@@ -23,7 +23,7 @@ from .request import InferRequest, RequestedOutput
 if TYPE_CHECKING:
     from .model import ModelVersion, TensorInfo
 
-__all__ = ["decode_request", "encode_response", "TRITON_ACCEPTED_PARAMETERS"]
+__all__ = ["TRITON_ACCEPTED_PARAMETERS", "decode_request", "encode_response"]
 
 # `triton_`-prefixed request parameters Triton accepts; any other such key is reserved
 TRITON_ACCEPTED_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
