@@ -17,9 +17,9 @@ import numpy as np
 from clients.codec import config_dtype_to_datatype, datatype_to_numpy, element_size
 from clients.pb import model_config_pb2 as mc
 from engines import Engine, EngineError, EngineInstance, EngineLoadError
-from engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
 
 from .autocomplete import ConfigError, complete_config
+from .engine_factory import EngineSettings, LoadError, create_engine
 from .repository import DEFAULT_MODEL_FILENAME
 from .scheduler import Scheduler
 
@@ -33,10 +33,6 @@ class ModelState(str, enum.Enum):
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
     UNLOADING = "UNLOADING"
-
-
-class LoadError(Exception):
-    """A model version could not be loaded; the message is its UNAVAILABLE reason."""
 
 
 @dataclass(frozen=True)
@@ -76,30 +72,6 @@ def _read_labels(model_dir: Path, output: mc.ModelOutput) -> list[str] | None:
         return path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise LoadError(f"output '{output.name}': cannot read label file {output.label_filename}: {exc}") from exc
-
-
-def _int_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
-    if key not in config.parameters:
-        return default
-    raw = config.parameters[key].string_value
-    try:
-        return int(raw)
-    except ValueError:
-        raise LoadError(f"parameter {key} must be an integer, got '{raw}'") from None
-
-
-def _ort_options(config: mc.ModelConfig, instance_count: int) -> OrtOptions:
-    """Triton's ORT backend keys in `parameters`, with defaults that fit the host."""
-    intra = _int_parameter(config, "intra_op_thread_count", 0) or default_intra_op_threads(instance_count)
-    inter = _int_parameter(config, "inter_op_thread_count", 0) or 1
-    level = config.optimization.graph.level if config.HasField("optimization") else 0
-    spinning = config.parameters["allow_spinning"].string_value if "allow_spinning" in config.parameters else ""
-    return OrtOptions(
-        intra_op_threads=intra,
-        inter_op_threads=inter,
-        graph_level=level,
-        allow_spinning=spinning.lower() in ("1", "true", "yes"),
-    )
 
 
 class ModelVersion:
@@ -145,10 +117,6 @@ class ModelVersion:
             self.reason = "unloaded"
 
 
-def _instance_count(config: mc.ModelConfig) -> int:
-    return sum(max(1, g.count) for g in config.instance_group) or 1
-
-
 def load_model_version(
     name: str,
     version: int,
@@ -156,15 +124,15 @@ def load_model_version(
     given: mc.ModelConfig,
     *,
     max_batch_size_given: bool,
+    engine_settings: EngineSettings | None = None,
 ) -> ModelVersion:
     """Load one version: engine, effective config, instances, scheduler. Never raises."""
     mv = ModelVersion(name, version, model_file.parent.parent)
     try:
         if not model_file.exists():
             raise LoadError(f"version {version} has no model file {model_file.name}")
-        # threads depend on the instance count, which the given config knows before completion
-        options = _ort_options(given, _instance_count(given) if given.instance_group else 2)
-        engine = OnnxRuntimeEngine(model_file, options)
+        loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings())
+        engine = loaded.engine
         mv.engine = engine
         config = complete_config(
             given,
@@ -172,6 +140,7 @@ def load_model_version(
             engine.outputs,
             max_batch_size_given=max_batch_size_given,
             default_model_filename=given.default_model_filename or DEFAULT_MODEL_FILENAME,
+            gpu_count=loaded.gpu_count,
         )
         mv.config = config
         mv.max_batch_size = config.max_batch_size
@@ -186,12 +155,13 @@ def load_model_version(
         mv.scheduler.start()
         mv.state = ModelState.READY
         log.info(
-            "model %s version %d READY: %d instance(s), max_batch_size %d, %d intra-op thread(s) each",
+            "model %s version %d READY: %d instance(s) on %s, max_batch_size %d%s",
             name,
             version,
             len(instances),
+            engine.kind,
             mv.max_batch_size,
-            options.intra_op_threads,
+            f" ({loaded.description})" if loaded.description else "",
         )
     except (LoadError, ConfigError, EngineLoadError) as exc:
         mv.fail(str(exc))
@@ -203,3 +173,7 @@ def load_model_version(
         mv.fail(f"failed to load: {type(exc).__name__}: {exc}")
         log.exception("model %s version %d UNAVAILABLE", name, version)
     return mv
+
+
+def _instance_count(config: mc.ModelConfig) -> int:
+    return sum(max(1, g.count) for g in config.instance_group) or 1

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .engine_factory import EngineSettings
 from .errors import NotFoundError, UnavailableError
 from .model import ModelState, ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
@@ -45,8 +46,9 @@ class _ModelEntry:
 class ModelRegistry:
     """All models of one repository."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, engine_settings: EngineSettings | None = None) -> None:
         self.repository = repository
+        self.engine_settings = engine_settings or EngineSettings()
         self._models: dict[str, _ModelEntry] = {}
         self._lock = threading.Lock()
 
@@ -71,6 +73,7 @@ class ModelRegistry:
                 model_file,
                 source.config,
                 max_batch_size_given=source.max_batch_size_given,
+                engine_settings=self.engine_settings,
             )
 
     def stop(self) -> None:
