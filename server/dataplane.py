@@ -15,7 +15,7 @@ from importlib.metadata import version as _dist_version
 
 from clients.pb import grpc_service_pb2 as pb
 
-from .errors import NotFoundError
+from .errors import InvalidArgumentError, NotFoundError, ServerError
 from .registry import ModelRegistry
 from .request import InferRequest
 from .wire import decode_request
@@ -100,13 +100,20 @@ class DataPlane:
         )
 
     def model_statistics(self, name: str, version: str) -> pb.ModelStatisticsResponse:
+        """Ready versions' statistics; Triton answers INVALID_ARGUMENT for a model with none."""
         if name:
-            versions = [self.registry.find(name, version)] if version else self.registry.versions(name)
+            try:
+                versions = [self.registry.find(name, version)] if version else self.registry.versions(name)
+            except ServerError:
+                versions = []
+            versions = [mv for mv in versions if mv.ready]
+            if not versions:
+                raise InvalidArgumentError(f"requested model '{name}' is not available")
         else:
-            versions = self.registry.all_versions()
+            versions = [mv for mv in self.registry.all_versions() if mv.ready]
         response = pb.ModelStatisticsResponse()
         for mv in versions:
-            if mv.ready and mv.scheduler is not None:
+            if mv.scheduler is not None:
                 response.model_stats.append(mv.scheduler.statistics.to_pb(mv.name, mv.version_str))
         return response
 

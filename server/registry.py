@@ -106,12 +106,17 @@ class ModelRegistry:
         An empty version picks the newest ready version (else the newest one).
         """
         entry = self._entry(name)
-        if entry.error and not entry.versions:
-            raise UnavailableError(f"model '{name}' is not ready: {entry.error}")
         if not version:
             ready = [v for v in sorted(entry.versions) if entry.versions[v].ready]
-            pick = ready[-1] if ready else max(entry.versions)
-            return entry.versions[pick]
+            if not ready:
+                # Triton: a model with no available version is unknown unless a version is named
+                reasons = "; ".join(
+                    [entry.error] if entry.error else [f"version {v}: {mv.reason}" for v, mv in entry.versions.items()]
+                )
+                raise NotFoundError(f"model '{name}' has no available versions ({reasons})")
+            return entry.versions[ready[-1]]
+        if entry.error and not entry.versions:
+            raise UnavailableError(f"model '{name}' is not ready: {entry.error}")
         try:
             number = int(version)
         except ValueError:

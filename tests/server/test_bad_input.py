@@ -71,7 +71,12 @@ BAD_REQUESTS: dict[str, tuple[pb.ModelInferRequest, grpc.StatusCode, tuple[str, 
     "unknown model": (good_request(model_name="nope"), grpc.StatusCode.NOT_FOUND, ("nope",)),
     "unknown version": (good_request(model_version="7"), grpc.StatusCode.NOT_FOUND, ("simple", "7")),
     "non-numeric version": (good_request(model_version="latest"), grpc.StatusCode.NOT_FOUND, ("simple",)),
-    "model not ready": (good_request(model_name="broken"), grpc.StatusCode.UNAVAILABLE, ("broken",)),
+    "model not ready": (good_request(model_name="broken", model_version="1"), grpc.StatusCode.UNAVAILABLE, ("broken",)),
+    "model without available versions": (
+        good_request(model_name="broken"),
+        grpc.StatusCode.NOT_FOUND,
+        ("broken", "no available versions"),
+    ),
     "wrong datatype": (
         mutate(lambda r: setattr(r.inputs[0], "datatype", "FP32")),
         grpc.StatusCode.INVALID_ARGUMENT,

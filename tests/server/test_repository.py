@@ -126,7 +126,10 @@ def test_versions_failures_and_other_models_keep_serving(tmp_path: Path) -> None
             _infer_simple(stub, "multi", "2")
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "no model file" in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
-            _infer_simple(stub, "badconfig")
+            _infer_simple(stub, "badconfig")  # no version named: Triton's "no available versions"
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "invalid config.pbtxt" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            _infer_simple(stub, "badconfig", "1")
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert stub.ModelReady(pb.ModelReadyRequest(name="multi", version="1")).ready
         assert not stub.ModelReady(pb.ModelReadyRequest(name="multi", version="2")).ready
