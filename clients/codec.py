@@ -157,11 +157,21 @@ def element_count(shape: Sequence[int]) -> int:
 # ---- BYTES -----------------------------------------------------------------
 
 
+def _element_bytes(item: object) -> bytes:
+    """One BYTES element: bytes as they are, str as UTF-8, anything else as its str() (tritonclient's rule).
+
+    ``bytes(5)`` would silently give five NUL bytes, so ints and floats must not reach it.
+    """
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    return str(item).encode("utf-8")
+
+
 def serialize_bytes_tensor(array: npt.NDArray[Any]) -> bytes:
-    """Encode each element (bytes or str, C order) as a 4-byte LE length + bytes."""
+    """Encode each element (bytes, str as UTF-8, others as str(); C order) as a 4-byte LE length + bytes."""
     parts: list[bytes] = []
     for item in array.reshape(-1):
-        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        data = _element_bytes(item)
         parts.append(_LENGTH.pack(len(data)))
         parts.append(data)
     return b"".join(parts)
@@ -198,14 +208,16 @@ def serialize_bf16(array: npt.NDArray[Any]) -> bytes:
     """float32 -> bfloat16 bytes, rounding to nearest even (NaN stays NaN)."""
     bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
     rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-    upper = np.where(np.isnan(array.astype(np.float32)), bits, rounded) >> np.uint32(16)
+    upper: npt.NDArray[np.uint32] = np.where(np.isnan(array.astype(np.float32)), bits, rounded) >> np.uint32(16)
     return upper.astype("<u2").tobytes()
 
 
 def deserialize_bf16(buffer: bytes | memoryview) -> npt.NDArray[np.float32]:
     """bfloat16 bytes -> float32 (exact)."""
     halves = np.frombuffer(buffer, dtype="<u2")
-    return (halves.astype("<u4") << np.uint32(16)).view("<f4")
+    widened: npt.NDArray[np.uint32] = halves.astype("<u4") << np.uint32(16)
+    floats: npt.NDArray[np.float32] = widened.view("<f4")
+    return floats
 
 
 # ---- raw bytes ---------------------------------------------------------------
@@ -285,9 +297,7 @@ def numpy_to_contents(array: npt.NDArray[Any], datatype: str) -> pb.InferTensorC
     contents = pb.InferTensorContents()
     flat = array.reshape(-1)
     if datatype == "BYTES":
-        getattr(contents, field).extend(
-            x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in flat
-        )
+        getattr(contents, field).extend(_element_bytes(x) for x in flat)
     else:
         getattr(contents, field).extend(flat.tolist())
     return contents

@@ -109,14 +109,14 @@ class ModelRegistry:
         if not version:
             ready = [v for v in sorted(entry.versions) if entry.versions[v].ready]
             if not ready:
-                # Triton: a model with no available version is unknown unless a version is named
-                reasons = "; ".join(
-                    [entry.error] if entry.error else [f"version {v}: {mv.reason}" for v, mv in entry.versions.items()]
+                # Triton: a model with no available version is unknown unless a version is named.
+                # Load errors may carry paths and engine internals: RepositoryIndex shows them, not this.
+                raise NotFoundError(
+                    f"model '{name}' has no available versions; RepositoryIndex gives the reason"
                 )
-                raise NotFoundError(f"model '{name}' has no available versions ({reasons})")
             return entry.versions[ready[-1]]
         if entry.error and not entry.versions:
-            raise UnavailableError(f"model '{name}' is not ready: {entry.error}")
+            raise UnavailableError(f"model '{name}' is not ready; RepositoryIndex gives the reason")
         try:
             number = int(version)
         except ValueError:
@@ -132,8 +132,10 @@ class ModelRegistry:
         """The ready model version to run a request on."""
         mv = self.find(name, version)
         if not mv.ready:
-            reason = f": {mv.reason}" if mv.reason else ""
-            raise UnavailableError(f"model '{name}' version {mv.version} is not ready ({mv.state.value}{reason})")
+            raise UnavailableError(
+                f"model '{name}' version {mv.version} is not ready ({mv.state.value}); "
+                "RepositoryIndex gives the reason"
+            )
         return mv
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:

@@ -124,10 +124,10 @@ def test_versions_failures_and_other_models_keep_serving(tmp_path: Path) -> None
         assert _infer_simple(stub, "multi", "1").model_version == "1"
         with pytest.raises(grpc.RpcError) as info:
             _infer_simple(stub, "multi", "2")
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "no model file" in info.value.details()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "not ready" in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
             _infer_simple(stub, "badconfig")  # no version named: Triton's "no available versions"
-        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "invalid config.pbtxt" in info.value.details()
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no available versions" in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
             _infer_simple(stub, "badconfig", "1")
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
