@@ -46,6 +46,16 @@ log = logging.getLogger("tensorgate.scheduler")
 _now = time.monotonic_ns
 
 
+_PROBE_INTERVAL_NS = 50_000_000  # with adaptive delay off-track, still try waiting every 50 ms
+_PAYOFF_FLOOR = 0.25  # below this share of waits that grew a batch, stop waiting
+
+
+def _flag(config: mc.ModelConfig, key: str, default: bool) -> bool:
+    if key not in config.parameters:
+        return default
+    return config.parameters[key].string_value.strip().lower() in ("1", "true", "yes", "on")
+
+
 class _Level:
     """One priority level's queue and policy."""
 
@@ -85,6 +95,17 @@ class Scheduler:
         self._delayed: collections.deque[InferRequest] = collections.deque()  # DELAY after timeout
         self._with_deadline = 0  # queued requests that can expire; 0 skips the expiry scan
         self._cond = threading.Condition(threading.Lock())
+        # wake-ups cost GIL time on both threads: wake an idle worker for every arrival, but a worker
+        # that is waiting out the queue delay only once its batch could be full or preferred
+        self._idle_waiters = 0
+        self._delay_waiters = 0
+        self._delay_rows = 0
+        self._wake_rows = (self._preferred[0] if self._preferred else self._max_rows) or 1
+        # adaptive queue delay (tensorgate): stop waiting while waits stop growing batches (a lone
+        # client gains nothing from them), probing again now and then
+        self._adaptive = self._delay_ns > 0 and _flag(config, "adaptive_queue_delay", True)
+        self._wait_payoff = 1.0
+        self._last_probe_ns = 0
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._pending = 0
@@ -159,7 +180,12 @@ class Scheduler:
             self._pending += 1
             if request.deadline_ns:
                 self._with_deadline += 1
-            self._cond.notify()
+            if self._delay_waiters:
+                self._delay_rows += request.batch_size
+                if self._delay_rows >= self._wake_rows:
+                    self._cond.notify_all()
+            elif self._idle_waiters:
+                self._cond.notify()
 
     def cancel(self, request: InferRequest) -> None:
         """The client went away: drop the request if it is still queued."""
@@ -205,8 +231,8 @@ class Scheduler:
                     keep.append(r)
             level.items = keep
 
-    def _take_batch(self, now: int) -> tuple[list[InferRequest], float | None]:
-        """Return (batch, 0) to run now, or ([], seconds to wait; None = until notified)."""
+    def _take_batch(self, now: int) -> tuple[list[InferRequest], float | None, int]:
+        """Return (batch, 0, rows) to run now, or ([], seconds to wait, rows); None = until notified."""
         batch: list[InferRequest] = []
         rows = 0
         preferred_cut = 0
@@ -225,7 +251,7 @@ class Scheduler:
                     batch.append(queue.popleft())
                     rows = head.batch_size
                     if not self._dynamic:
-                        return batch, 0
+                        return batch, 0, rows
                 elif head.merge_key != batch[0].merge_key or rows + head.batch_size > self._max_rows:
                     full = True
                     break
@@ -240,15 +266,19 @@ class Scheduler:
             if full:
                 break
         if not batch:
-            return batch, None
+            return batch, None, 0
         wait_ns = batch[0].arrival_ns + self._delay_ns - now
         if full or self._delay_ns == 0 or wait_ns <= 0 or self._stopping:
-            return batch, 0
+            return batch, 0, rows
         if preferred_cut:
             self._requeue(batch[preferred_cut:])
-            return batch[:preferred_cut], 0
+            return batch[:preferred_cut], 0, rows
+        if self._adaptive and self._wait_payoff < _PAYOFF_FLOOR:
+            if now - self._last_probe_ns < _PROBE_INTERVAL_NS:
+                return batch, 0, rows
+            self._last_probe_ns = now
         self._requeue(batch)
-        return [], wait_ns / 1e9
+        return [], wait_ns / 1e9, rows
 
     def _requeue(self, requests: list[InferRequest]) -> None:
         """Put back requests taken while forming a batch, keeping their order and level."""
@@ -263,6 +293,7 @@ class Scheduler:
     def _work(self, instance: EngineInstance) -> None:
         while True:
             expired: list[InferRequest] = []
+            waited_rows = 0  # rows the batch had when this worker began waiting out the delay
             with self._cond:
                 while True:
                     now = _now()
@@ -270,12 +301,24 @@ class Scheduler:
                     if expired:
                         self._pending -= len(expired)
                         break
-                    batch, wait = self._take_batch(now)
+                    batch, wait, rows = self._take_batch(now)
                     if batch:
+                        if waited_rows and self._adaptive:
+                            grew = 1.0 if rows > waited_rows else 0.0
+                            self._wait_payoff = 0.6 * self._wait_payoff + 0.4 * grew
                         break
                     if self._stopping and not any(self._queues()):
                         return
-                    self._cond.wait(wait)
+                    if wait is None:
+                        self._idle_waiters += 1
+                        self._cond.wait()
+                        self._idle_waiters -= 1
+                    else:
+                        waited_rows = waited_rows or rows
+                        self._delay_waiters += 1
+                        self._delay_rows = rows
+                        self._cond.wait(wait)
+                        self._delay_waiters -= 1
             if expired:
                 for r in expired:
                     r.error = DeadlineExceededError(

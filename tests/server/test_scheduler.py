@@ -363,3 +363,44 @@ def test_stop_drains_queued_requests() -> None:
             s.submit(request(s, i, sink))
     assert len(sink.done) == 5 and all(r.error is None for r in sink.done)
     assert inst.closed
+
+
+def _sequential_waits(config: str, count: int, delay_s: float) -> list[bool]:
+    """Run `count` requests one after another (a lone client); which of them waited out the delay."""
+    inst = FakeInstance()
+    sink = Collector()
+    waited = []
+    with scheduler(config, [inst]) as s:
+        for i in range(count):
+            start = time.monotonic()
+            s.submit(request(s, i, sink))
+            sink.wait_for(i + 1)
+            waited.append(time.monotonic() - start >= delay_s * 0.9)
+    return waited
+
+
+def test_adaptive_delay_stops_waiting_for_a_lone_client() -> None:
+    waited = _sequential_waits("dynamic_batching { max_queue_delay_microseconds: 30000 }", 30, 0.03)
+    assert waited[0], "the first request waits the delay (Triton's semantics)"
+    assert sum(waited) <= 8, waited
+    assert sum(waited[-10:]) <= 2, waited  # at most a probe now and then
+
+
+def test_adaptive_delay_can_be_turned_off() -> None:
+    config = (
+        'dynamic_batching { max_queue_delay_microseconds: 20000 } '
+        'parameters { key: "adaptive_queue_delay" value: { string_value: "false" } }'
+    )
+    assert all(_sequential_waits(config, 6, 0.02))
+
+
+def test_adaptive_delay_keeps_waiting_while_waits_grow_batches() -> None:
+    inst = FakeInstance()
+    sink = Collector()
+    with scheduler("dynamic_batching { max_queue_delay_microseconds: 20000 }", [inst]) as s:
+        for round_ in range(6):
+            for i in range(3):
+                s.submit(request(s, round_ * 10 + i, sink))
+                time.sleep(0.002)
+            sink.wait_for(3 * (round_ + 1))
+    assert [len(b) for b in inst.batches] == [3] * 6
