@@ -29,7 +29,7 @@ def random_inputs(engine: OnnxRuntimeEngine, batch: int, dims: dict[str, list[in
                   seed: int = 0) -> dict[str, Any]:
     """Random data of each input's dtype; variable dims from `dims` (batch axis excluded) or 1."""
     rng = np.random.default_rng(seed)
-    out = {}
+    out: dict[str, Any] = {}
     for spec in engine.inputs:
         rest = (dims or {}).get(spec.name) or [d if d > 0 else 1 for d in spec.shape[1:]]
         shape = [batch, *rest]
