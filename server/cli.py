@@ -1,4 +1,4 @@
-"""The `tensorgate` command: serve (and the subcommands later features add).
+"""The `tensorgate` command: serve, build (engines ahead of time), and the subcommands later features add.
 
 Every `serve` flag can also come from an environment variable,
 TENSORGATE_<FLAG_IN_CAPITALS> (e.g. TENSORGATE_GRPC_PORT=9001); a flag wins.
@@ -58,11 +58,33 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "Triton's and protobuf's limit); larger messages are refused by gRPC itself",
     )
     p.add_argument(
+        "--grpc-flavor",
+        choices=("aio", "thread"),
+        default=_env("GRPC_FLAVOR", "aio"),
+        help="gRPC server flavour: aio (grpc.aio, one event loop; default, measured faster with batching) or "
+        "thread (the thread-pool grpc.server)",
+    )
+    p.add_argument(
+        "--grpc-threads",
+        type=int,
+        default=int(_env("GRPC_THREADS", "64") or 64),
+        help="thread flavour only: pool size, the most calls handled at once (default 64)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", "1") or 1),
+        help="run N server processes on one port (SO_REUSEPORT) for hosts with many cores; each gRPC "
+        "connection stays on one process, so it helps only with many client connections (default 1)",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
         "--cache-dir",
         type=Path,
         default=_env("CACHE_DIR"),
         help=f"where the demo repository and engine caches are built (default {default_cache_dir()})",
     )
+    _add_engine_cache_flags(p)
     p.add_argument(
         "--strict-readiness",
         action="store_true",
@@ -85,6 +107,51 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=_serve)
 
 
+def _add_engine_cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine-cache-dir",
+        type=Path,
+        default=_env("ENGINE_CACHE_DIR"),
+        help="where FP16/INT8 artifacts and built engines (ONNX Runtime optimized graphs, TensorRT plans) are "
+        "cached, per device (default <cache dir>/engines)",
+    )
+    p.add_argument(
+        "--engine-cache-max-gb",
+        type=float,
+        default=float(_env("ENGINE_CACHE_MAX_GB", "20") or 20),
+        help="size bound of the engine cache in GiB; least recently used entries are evicted (default 20)",
+    )
+
+
+def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "build",
+        help="build the precision artifacts and engines a model repository asks for, into the engine cache",
+        description="Build every FP16/INT8 artifact (through the accuracy gate) and every engine the models' "
+        "configs ask for on this machine's devices, so a server started afterwards with the same "
+        "--engine-cache-dir starts warm. Exits non-zero when any build or accuracy gate fails (the CI/CD step).",
+    )
+    p.add_argument("--model-repository", type=Path, required=True, help="model repository folder")
+    p.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="build only this model (repeatable; default: every model)")
+    p.add_argument("--cache-dir", type=Path, default=_env("CACHE_DIR"), help="cache folder")
+    _add_engine_cache_flags(p)
+    p.add_argument("--log-verbose", type=int, default=0, help="0 = warnings only (default), 1 = info, 2 = debug")
+    p.set_defaults(handler=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import run_build
+
+    logging.basicConfig(
+        level={0: logging.WARNING, 1: logging.INFO}.get(args.log_verbose, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    cache = args.engine_cache_dir or (args.cache_dir or default_cache_dir()) / "engines"
+    return run_build(args.model_repository, args.model, cache, int(args.engine_cache_max_gb * 2**30))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tensorgate",
@@ -93,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
+    _add_build(sub)
     demo = sub.add_parser("demo-repository", help="build the demo repository if needed and print its path")
     demo.add_argument("--cache-dir", type=Path, default=_env("CACHE_DIR"), help="cache folder")
     demo.set_defaults(handler=_demo_repository)
@@ -127,17 +195,23 @@ def _serve(args: argparse.Namespace) -> int:
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
         log_verbose=args.log_verbose,
+        engine_cache_dir=args.engine_cache_dir,
+        engine_cache_max_bytes=int(args.engine_cache_max_gb * 2**30),
+        grpc_flavor=args.grpc_flavor,
+        grpc_threads=args.grpc_threads,
+        reuse_port=args.reuse_port or args.workers > 1,
     )
     try:
-        asyncio.run(_run(settings))
+        asyncio.run(_run(settings, args.workers, args.argv))
     except OSError as exc:
         log.error("%s", exc)
         return 1
     return 0
 
 
-async def _run(settings: ServerSettings) -> None:
+async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] = ()) -> None:
     from .app import InferenceServer
+    from .workers import spawn_workers, stop_workers
 
     repository = settings.model_repository
     if repository is None:
@@ -147,6 +221,12 @@ async def _run(settings: ServerSettings) -> None:
         repository = await loop.run_in_executor(None, build_demo_repository, settings.resolved_cache_dir)
     server = InferenceServer(settings, Path(repository))
     await server.start()
+    loop = asyncio.get_running_loop()
+    children = (
+        await loop.run_in_executor(None, spawn_workers, argv, workers - 1, Path(repository), server.port)
+        if workers > 1
+        else []
+    )
     for line in server.summary():
         print(line, flush=True)
     stop = asyncio.Event()
@@ -157,12 +237,14 @@ async def _run(settings: ServerSettings) -> None:
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.exit_timeout_secs)
     await server.stop()
+    stop_workers(children, settings.exit_timeout_secs)
     waiter.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

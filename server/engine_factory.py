@@ -1,23 +1,62 @@
-"""Which engine runs a model version, and with what options: the one place that decides.
+"""Which engine runs a model version, on which devices, in which precision: the one place that decides.
 
-Today: ONNX Runtime on the CPU, with Triton's ORT backend keys from the
-config's ``parameters`` (intra_op_thread_count, inter_op_thread_count) and
-defaults that split the host's cores among the model's instances. Precision
-artifacts, the engine cache and TensorRT plug in here.
+``prepare`` turns model.onnx into what the config asks for (a precision
+artifact through the accuracy gate, then an ONNX Runtime optimized graph for
+this CPU or a TensorRT plan per distinct GPU), all through the engine cache;
+``tensorgate build`` calls it alone, ahead of time. ``create_engine`` calls it
+and then loads the engine. Placement: KIND_GPU needs a usable GPU and TensorRT
+(else the load fails with the reason); KIND_AUTO takes them when present and
+otherwise falls back to ONNX Runtime on the CPU, saying so; KIND_CPU is ONNX
+Runtime. Session options follow Triton's ORT backend keys in ``parameters``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.pb import model_config_pb2 as mc
-from engines import Engine
+from engines import Engine, TensorSpec
+from engines.accuracy import AccuracyReport
+from engines.cache import DEFAULT_MAX_BYTES, EngineCache
+from engines.devices import GpuProbe, gpu_fingerprint, probe_gpus
 from engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
+from engines.pipeline import (
+    ArtifactResult,
+    EngineResult,
+    ort_options_for_cached,
+    prepare_artifact,
+    prepare_ort_engine,
+)
+from engines.precision import PrecisionSpec
+from engines.tensorrt import BuildOptions, compute_profiles, distinct_devices, installed_tensorrt_version
 
-from .autocomplete import DEFAULT_CPU_INSTANCES
+from .autocomplete import DEFAULT_CPU_INSTANCES, DEFAULT_MAX_BATCH_SIZE
+from .engine_options import EngineOptions, OptionError, parse_engine_options
 
-__all__ = ["EngineSettings", "LoadError", "LoadedEngine", "create_engine"]
+__all__ = [
+    "EngineSettings",
+    "LoadError",
+    "LoadedEngine",
+    "Placement",
+    "Prepared",
+    "create_engine",
+    "engine_settings",
+    "instance_count",
+    "ort_options",
+    "place",
+    "prepare",
+]
+
+log = logging.getLogger("tensorgate.engine_factory")
+
+Progress = Callable[[str], None]
+_KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
+_KIND_AUTO = mc.ModelInstanceGroup.KIND_AUTO
 
 
 class LoadError(Exception):
@@ -29,10 +68,13 @@ class EngineSettings:
     """Server-wide engine settings.
 
     Args:
-        engine_cache_dir: where precision artifacts and built engines are cached (None: no cache).
+        engine_cache_dir: where precision artifacts and built engines are cached (None: FP32 models
+            load directly and other artifacts go to a temporary folder for the process's lifetime).
+        engine_cache_max_bytes: the cache's size bound (least recently used entries are evicted).
     """
 
     engine_cache_dir: Path | None = None
+    engine_cache_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass
@@ -40,6 +82,37 @@ class LoadedEngine:
     engine: Engine
     gpu_count: int = 0  # GPUs visible to the config completion (KIND_AUTO / KIND_GPU)
     description: str = ""  # e.g. "1 intra-op thread each"; logged when the model is READY
+    precision: str = "FP32"
+    cache_hit: bool = False
+    accuracy: AccuracyReport | None = None
+    parameters: dict[str, str] = field(default_factory=dict)  # added to the effective config's parameters
+    instance_count: int | None = None  # None: the config's instance counts
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs: "cpu", or "gpu" with one GPU index per instance."""
+
+    device: str
+    instance_gpus: tuple[int, ...] = ()
+    note: str = ""
+
+
+@dataclass
+class Prepared:
+    """Everything built (or found in the cache) for one model version, before loading."""
+
+    placement: Placement
+    artifact: ArtifactResult
+    engines: list[EngineResult]
+    plans: dict[int, Path] = field(default_factory=dict)  # GPU index -> plan
+    build_options: BuildOptions | None = None
+    ort: OrtOptions | None = None
+    seconds: float = 0.0
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.artifact.cache_hit and all(e.cache_hit for e in self.engines)
 
 
 def _int_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
@@ -73,11 +146,176 @@ def ort_options(config: mc.ModelConfig) -> OrtOptions:
     )
 
 
+def place(config: mc.ModelConfig, probe: GpuProbe | None = None, tensorrt_version: str | None = None) -> Placement:
+    """Decide CPU or GPU from the instance groups, the GPUs found and whether TensorRT is installed.
+
+    Raises:
+        LoadError: KIND_GPU without a usable GPU or TensorRT, unknown GPU indices, or mixed kinds.
+    """
+    groups = list(config.instance_group)
+    kinds = {g.kind for g in groups}
+    if _KIND_GPU not in kinds and _KIND_AUTO not in kinds:
+        return Placement("cpu")
+    if _KIND_GPU in kinds and len(kinds) > 1:
+        raise LoadError("an instance group of KIND_GPU cannot be mixed with other kinds in one model")
+    probe = probe or probe_gpus()
+    version = tensorrt_version if tensorrt_version is not None else installed_tensorrt_version()
+    gpu_group = next((g.name or f"{config.name}_{i}" for i, g in enumerate(groups) if g.kind == _KIND_GPU), "")
+    missing = probe.reason if not probe.available else ("" if version else "TensorRT is not installed")
+    if missing:
+        if gpu_group:
+            raise LoadError(f"instance group '{gpu_group}' asks for KIND_GPU, which cannot run here: {missing}")
+        note = f"KIND_AUTO falls back to the CPU engine (onnxruntime): {missing}"
+        log.warning("model %s: %s", config.name, note)
+        return Placement("cpu", note=note)
+    present = {d.index for d in probe.devices}
+    instance_gpus: list[int] = []
+    for group in groups:
+        gpus = list(group.gpus) or sorted(present)
+        unknown = sorted(set(gpus) - present)
+        if unknown:
+            raise LoadError(f"instance group names GPU(s) {unknown}; this host has {sorted(present)}")
+        instance_gpus += [gpu for gpu in gpus for _ in range(max(1, group.count))]
+    return Placement("gpu", tuple(instance_gpus))
+
+
+_temp_cache: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _cache(settings: EngineSettings, needed: bool) -> EngineCache | None:
+    global _temp_cache
+    if settings.engine_cache_dir is not None:
+        return EngineCache(settings.engine_cache_dir, settings.engine_cache_max_bytes)
+    if not needed:
+        return None
+    if _temp_cache is None:  # removed when the process exits
+        _temp_cache = tempfile.TemporaryDirectory(prefix="tensorgate-engines-")
+    return EngineCache(Path(_temp_cache.name), settings.engine_cache_max_bytes)
+
+
+def _input_specs(model_file: Path) -> list[TensorSpec]:
+    import onnx
+
+    from engines.precision import model_inputs
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    return [TensorSpec(name, dtype.name, dims) for name, dtype, dims in model_inputs(model)]
+
+
+def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path, config: mc.ModelConfig,
+                 options: EngineOptions, placement: Placement, probe: GpuProbe,
+                 progress: Progress | None) -> tuple[list[EngineResult], dict[int, Path], BuildOptions]:
+    from engines.tensorrt import prepare_trt_plan
+
+    inputs = _input_specs(model_file)
+    batching = config.max_batch_size or (
+        DEFAULT_MAX_BATCH_SIZE if inputs and all(s.shape and s.shape[0] < 0 for s in inputs) else 0
+    )
+    profiles = compute_profiles(
+        inputs, batching, min_shapes=options.trt.min_shapes, opt_shapes=options.trt.opt_shapes,
+        max_shapes=options.trt.max_shapes, preferred_batch_sizes=list(config.dynamic_batching.preferred_batch_size),
+    )
+    build = BuildOptions(tuple(profiles), options.trt.workspace_bytes, options.trt.optimization_level)
+    version = installed_tensorrt_version() or ""
+    used = [d for d in probe.devices if d.index in set(placement.instance_gpus)]
+    results: dict[str, EngineResult] = {}
+    for dev in distinct_devices(used, version, probe.runtime_version):  # identical GPUs share one plan
+        fp = str(gpu_fingerprint(dev, version, probe.runtime_version))
+        results[fp] = prepare_trt_plan(cache, artifact, dev, probe.runtime_version, build, progress)
+    plans = {d.index: results[str(gpu_fingerprint(d, version, probe.runtime_version))].path for d in used}
+    return list(results.values()), plans, build
+
+
+def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
+            progress: Progress | None = None) -> Prepared:
+    """Build or find in the cache the artifact and engine(s) one model version needs on this host.
+
+    Raises:
+        LoadError: a bad option or placement.
+        EngineLoadError: building failed, or the accuracy gate refused the artifact (with its figures).
+    """
+    start = time.monotonic()
+    try:
+        options = parse_engine_options(config)
+    except OptionError as exc:
+        raise LoadError(str(exc)) from exc
+    placement = place(config)
+    spec: PrecisionSpec = options.gpu if placement.device == "gpu" else options.cpu
+    if placement.device == "gpu" and spec.precision == "INT8" and spec.int8_method == "dynamic":
+        raise LoadError("TensorRT runs INT8 only as Q/DQ: set int8_method static (dynamic is CPU only)")
+    if placement.device == "cpu" and options.tensorrt_requested and options.gpu.precision != options.cpu.precision:
+        log.info("model %s: the tensorrt accelerator's %s applies on GPUs; on the CPU it runs %s",
+                 name, options.gpu.precision, options.cpu.precision)
+    cache = _cache(settings, needed=spec.precision != "FP32" or placement.device == "gpu")
+    batching: bool | None = True if config.max_batch_size > 0 else None
+    thresholds = options.thresholds_for(spec.precision)
+    if cache is None:
+        artifact = ArtifactResult(model_file, spec, "fp32", cache_hit=True)
+        return Prepared(placement, artifact, [], ort=ort_options(config), seconds=time.monotonic() - start)
+    artifact = prepare_artifact(cache, model_file, spec, thresholds, batching, progress)
+    if placement.device == "gpu":
+        engines, plans, build = _prepare_gpu(cache, artifact, model_file, config, options, placement,
+                                             probe_gpus(), progress)
+        return Prepared(placement, artifact, engines, plans, build, seconds=time.monotonic() - start)
+    ort = ort_options(config)
+    engine = prepare_ort_engine(cache, artifact, ort, progress)
+    return Prepared(placement, artifact, [engine], ort=ort, seconds=time.monotonic() - start)
+
+
+def _describe(name: str, version: int, prepared: Prepared) -> tuple[str, dict[str, str]]:
+    artifact = prepared.artifact
+    parameters = {"precision_artifact": artifact.spec.label}
+    figures = ""
+    if artifact.accuracy is not None:
+        parameters["accuracy_report"] = artifact.accuracy.to_json()
+        figures = f"; accuracy vs fp32: {artifact.accuracy.summary()}"
+    if prepared.engines:
+        parameters["engine_cache_key"] = ",".join(e.key[:16] for e in prepared.engines)
+        state = "hit" if prepared.cache_hit else "miss (built)"
+        built = sum(e.build_seconds for e in prepared.engines) + artifact.build_seconds
+        log.info(
+            "model %s version %d: engine cache %s: %s artifact %s, engine(s) %s; prepared in %.2f s "
+            "(build time %.2f s)%s", name, version, state, artifact.spec.label, artifact.key[:12],
+            ", ".join(f"{e.key[:12]} on {e.device}" for e in prepared.engines), prepared.seconds, built, figures,
+        )
+    return f"{artifact.spec.label}{figures}", parameters
+
+
 def create_engine(
     name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings
 ) -> LoadedEngine:
     """Build the engine for one model version from its (not yet completed) config."""
-    options = ort_options(config)
-    engine = OnnxRuntimeEngine(model_file, options)
+    prepared = prepare(name, version, model_file, config, settings)
+    summary, parameters = _describe(name, version, prepared)
+    placement = prepared.placement
+    if placement.device == "gpu":
+        from engines.tensorrt import TensorRTEngine
+
+        assert prepared.build_options is not None
+        trt_engine = TensorRTEngine(prepared.plans, prepared.build_options.profiles, placement.instance_gpus)
+        gpus = sorted(set(placement.instance_gpus))
+        return LoadedEngine(
+            trt_engine, gpu_count=len(probe_gpus().devices), precision=prepared.artifact.spec.label,
+            description=f"{summary}; TensorRT on GPU(s) {gpus}, {len(placement.instance_gpus)} context(s)",
+            cache_hit=prepared.cache_hit, accuracy=prepared.artifact.accuracy, parameters=parameters,
+            instance_count=len(placement.instance_gpus),
+        )
+    options = prepared.ort or ort_options(config)
+    if prepared.engines:
+        engine = OnnxRuntimeEngine(prepared.engines[0].path, ort_options_for_cached(options))
+    else:
+        engine = OnnxRuntimeEngine(model_file, options)
     threads = options.intra_op_threads
-    return LoadedEngine(engine, description=f"{threads} intra-op thread{'s' if threads != 1 else ''} each")
+    notes = [summary, f"{threads} intra-op thread{'s' if threads != 1 else ''} each"]
+    if placement.note:
+        notes.append(placement.note)
+    return LoadedEngine(
+        engine, description="; ".join(notes), precision=prepared.artifact.spec.label,
+        cache_hit=prepared.cache_hit, accuracy=prepared.artifact.accuracy, parameters=parameters,
+    )
+
+
+def engine_settings(cache_dir: Path | None, max_bytes: int = DEFAULT_MAX_BYTES) -> EngineSettings:
+    """The settings a server passes to its registry (a thin seam so app.py stays unaware of engines)."""
+    return EngineSettings(engine_cache_dir=cache_dir, engine_cache_max_bytes=max_bytes)
+

@@ -142,6 +142,8 @@ def load_model_version(
             default_model_filename=given.default_model_filename or DEFAULT_MODEL_FILENAME,
             gpu_count=loaded.gpu_count,
         )
+        for key, value in loaded.parameters.items():  # precision and accuracy figures, shown by ModelConfig
+            config.parameters[key].string_value = value
         mv.config = config
         mv.max_batch_size = config.max_batch_size
         mv.inputs = {t.name: _tensor_info(t) for t in config.input}
@@ -150,7 +152,8 @@ def load_model_version(
             labels = _read_labels(mv.path, output)
             if labels is not None:
                 mv.labels[output.name] = labels
-        instances: list[EngineInstance] = [engine.create_instance() for _ in range(_instance_count(config))]
+        count = loaded.instance_count or _instance_count(config)  # GPU engines: count per listed GPU
+        instances: list[EngineInstance] = [engine.create_instance() for _ in range(count)]
         mv.scheduler = Scheduler(mv, instances)
         mv.scheduler.start()
         mv.state = ModelState.READY

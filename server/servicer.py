@@ -32,7 +32,7 @@ from .errors import (
 from .request import InferRequest
 from .wire import encode_response
 
-__all__ = ["InferenceServicer", "status_for"]
+__all__ = ["UNIMPLEMENTED_FEATURES", "InferenceServicer", "status_for", "stream_error_response"]
 
 log = logging.getLogger("tensorgate.servicer")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -46,6 +46,31 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+# RPCs owned by later features: each answers UNIMPLEMENTED naming its feature
+UNIMPLEMENTED_FEATURES = {
+    "RepositoryModelLoad": "model control (RepositoryModelLoad)",
+    "RepositoryModelUnload": "model control (RepositoryModelUnload)",
+    "SystemSharedMemoryStatus": "the system shared-memory extension",
+    "SystemSharedMemoryRegister": "the system shared-memory extension",
+    "SystemSharedMemoryUnregister": "the system shared-memory extension",
+    "CudaSharedMemoryStatus": "the CUDA shared-memory extension",
+    "CudaSharedMemoryRegister": "the CUDA shared-memory extension",
+    "CudaSharedMemoryUnregister": "the CUDA shared-memory extension",
+    "TraceSetting": "the trace extension (TraceSetting)",
+    "LogSettings": "the logging extension (LogSettings)",
+}
+
+
+def stream_error_response(request: Any, exc: BaseException) -> pb.ModelStreamInferResponse:
+    """A failed request on a stream: error_message set, the request's identity echoed, stream open."""
+    _, message = status_for(exc, getattr(request, "id", ""))
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
 
 
 def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
@@ -201,15 +226,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if fail_stream:
                     outbox.put_nowait(exc)
                     return
-                _, message = status_for(exc, request.id)
-                outbox.put_nowait(
-                    pb.ModelStreamInferResponse(
-                        error_message=message,
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name, model_version=request.model_version, id=request.id
-                        ),
-                    )
-                )
+                outbox.put_nowait(stream_error_response(request, exc))
 
         async def read() -> None:
             async for request in request_iterator:
@@ -239,36 +256,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- owned by later features ------------------------------------------------------
 
-    async def _unimplemented(self, context: Context, feature: str) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{feature} is not implemented by this server yet")
+    async def _unimplemented(self, context: Context, rpc: str) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet"
+        )
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "model control (RepositoryModelLoad)")
+        return await self._unimplemented(context, "RepositoryModelLoad")
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "model control (RepositoryModelUnload)")
+        return await self._unimplemented(context, "RepositoryModelUnload")
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the system shared-memory extension")
+        return await self._unimplemented(context, "SystemSharedMemoryStatus")
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the system shared-memory extension")
+        return await self._unimplemented(context, "SystemSharedMemoryRegister")
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the system shared-memory extension")
+        return await self._unimplemented(context, "SystemSharedMemoryUnregister")
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the CUDA shared-memory extension")
+        return await self._unimplemented(context, "CudaSharedMemoryStatus")
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the CUDA shared-memory extension")
+        return await self._unimplemented(context, "CudaSharedMemoryRegister")
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the CUDA shared-memory extension")
+        return await self._unimplemented(context, "CudaSharedMemoryUnregister")
 
     async def TraceSetting(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the trace extension (TraceSetting)")
+        return await self._unimplemented(context, "TraceSetting")
 
     async def LogSettings(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "the logging extension (LogSettings)")
-
+        return await self._unimplemented(context, "LogSettings")

@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir"]
+__all__ = ["DEFAULT_ENGINE_CACHE_BYTES", "MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir"]
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # INT32_MAX: Triton's limit, and protobuf's
+DEFAULT_ENGINE_CACHE_BYTES = 20 * 2**30  # engines.cache.DEFAULT_MAX_BYTES (not imported: the CLI stays light)
 
 
 def default_cache_dir() -> Path:
@@ -35,6 +36,11 @@ class ServerSettings:
         exit_timeout_secs: how long shutdown waits for in-flight requests.
         log_verbose: verbose logging level (0 = off).
         reuse_port: bind with SO_REUSEPORT so several processes share the port (--workers).
+        grpc_flavor: "aio" (grpc.aio, one event loop) or "thread" (the thread-pool grpc.server).
+        grpc_threads: pool size of the thread flavour (the most calls it handles at once).
+        engine_cache_dir: where precision artifacts and built engines are cached
+            (default <cache_dir>/engines).
+        engine_cache_max_bytes: the engine cache's size bound; least recently used entries go first.
     """
 
     model_repository: Path | None = None
@@ -47,7 +53,15 @@ class ServerSettings:
     exit_timeout_secs: float = 30.0
     log_verbose: int = 0
     reuse_port: bool = False
+    grpc_flavor: str = "aio"
+    grpc_threads: int = 64
+    engine_cache_dir: Path | None = None
+    engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
 
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or default_cache_dir()
+
+    @property
+    def resolved_engine_cache_dir(self) -> Path:
+        return self.engine_cache_dir or self.resolved_cache_dir / "engines"

@@ -1,0 +1,230 @@
+"""Build a TensorRT plan from a precision artifact, once per distinct GPU, into the engine cache.
+
+One step per class in Polygraphy's manner, flattened into functions: parse the
+ONNX into a strongly typed network (precision comes from the artifact's fp16
+tensors or Q/DQ nodes: no BuilderFlag.FP16/INT8 and no calibrator, both removed
+in TensorRT 11), configure workspace, optimisation level and profiles, attach
+the device's timing cache, ``build_serialized_network``, then merge the timing
+cache back to disk under a lock. API features are detected by presence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..base import EngineLoadError
+from ..cache import EngineCache, cache_key
+from ..devices import GpuDevice, gpu_fingerprint
+from ..pipeline import ArtifactResult, EngineResult
+from .profiles import InputProfile
+
+__all__ = ["PLAN_FILE", "TRT_ENGINE_VERSION", "BuildOptions", "build_plan", "prepare_trt_plan", "trt_plan_fields"]
+
+log = logging.getLogger("tensorgate.engines.tensorrt")
+
+PLAN_FILE = "model.plan"
+TRT_ENGINE_VERSION = 1
+DEFAULT_WORKSPACE = 1 << 30  # Triton's default max_workspace_size_bytes
+DEFAULT_OPT_LEVEL = 3
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Builder settings (Triton's ORT-TRT keys where they exist).
+
+    Args:
+        profiles: one optimization profile (min/opt/max per input).
+        workspace_bytes: max_workspace_size_bytes.
+        optimization_level: trt_builder_optimization_level (0-5).
+        hardware_compatibility: "NONE", "AMPERE_PLUS" or "SAME_COMPUTE_CAPABILITY".
+    """
+
+    profiles: tuple[InputProfile, ...] = field(default_factory=tuple)
+    workspace_bytes: int = DEFAULT_WORKSPACE
+    optimization_level: int = DEFAULT_OPT_LEVEL
+    hardware_compatibility: str = "NONE"
+
+    def key_fields(self) -> dict[str, Any]:
+        return {
+            "profiles": [[p.name, list(p.min), list(p.opt), list(p.max)] for p in self.profiles],
+            "workspace_bytes": self.workspace_bytes,
+            "optimization_level": self.optimization_level,
+            "hardware_compatibility": self.hardware_compatibility,
+        }
+
+
+def trt_plan_fields(
+    artifact_key: str, device: GpuDevice, tensorrt_version: str, cuda_runtime: int, options: BuildOptions
+) -> dict[str, Any]:
+    """Everything that makes a plan valid: the artifact, TensorRT, CUDA, the GPU, the profiles and options.
+
+    Args:
+        artifact_key: the precision artifact's key.
+        device: the GPU it is built on.
+        tensorrt_version: full TensorRT version.
+        cuda_runtime: CUDA runtime version (e.g. 13050).
+        options: builder settings.
+
+    Returns:
+        The cache key fields; identical GPUs give identical fields.
+    """
+    fingerprint = gpu_fingerprint(device, tensorrt_version, cuda_runtime)
+    if options.hardware_compatibility == "AMPERE_PLUS":
+        fingerprint = {"kind": "gpu", "name": "ampere-plus", "compute_capability": "8.0+",
+                       "tensorrt": tensorrt_version, "cuda_major": cuda_runtime // 1000}
+    elif options.hardware_compatibility == "SAME_COMPUTE_CAPABILITY":
+        fingerprint = {k: v for k, v in fingerprint.items() if k not in ("name", "multiprocessors")}
+        fingerprint["name"] = "same-compute-capability"
+    return {
+        "schema": f"trt-plan/{TRT_ENGINE_VERSION}",
+        "engine": "tensorrt",
+        "artifact": artifact_key,
+        "device": fingerprint,
+        "build": options.key_fields(),
+        "strongly_typed": True,
+    }
+
+
+class _TimingCache:
+    """One timing cache file per device fingerprint, merged on save (Polygraphy's pattern)."""
+
+    def __init__(self, cache: EngineCache, device_id: str) -> None:
+        self._cache = cache
+        self._name = f"timing-{device_id}"
+        self.path = cache.root / ".timing" / f"{device_id}.cache"
+
+    def load(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return b""
+
+    def save(self, config: Any) -> None:
+        current = config.get_timing_cache()
+        if current is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._cache.lock(self._name):
+            previous = self.load()
+            if previous:
+                old = config.create_timing_cache(previous)
+                if old is not None:
+                    current.combine(old, True)  # ignore_mismatch: keep ours where they differ
+            data = bytes(memoryview(current.serialize()))
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+
+
+def _network_flags(trt: Any) -> int:
+    flags = 0
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # 10.x opt-in; 11.x default
+    if strongly is not None:
+        flags |= 1 << int(strongly)
+    return flags
+
+
+def build_plan(trt: Any, logger: Any, onnx_path: Path, options: BuildOptions, timing: _TimingCache) -> bytes:
+    """Parse, configure and build one serialized plan on the current device.
+
+    Raises:
+        EngineLoadError: parsing or building failed (with TensorRT's logged errors).
+    """
+    from .runtime import logged_errors
+
+    logger.errors.clear()
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
+        raise EngineLoadError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    if hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = options.optimization_level
+    level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), options.hardware_compatibility, None)
+    if level is not None and hasattr(config, "hardware_compatibility_level"):
+        config.hardware_compatibility_level = level
+    if options.profiles:
+        profile = builder.create_optimization_profile()
+        for p in options.profiles:
+            profile.set_shape(p.name, p.min, p.opt, p.max)
+        config.add_optimization_profile(profile)
+    timing_cache = config.create_timing_cache(timing.load())
+    config.set_timing_cache(timing_cache, True)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineLoadError(f"TensorRT build failed: {logged_errors(logger)}")
+    timing.save(config)
+    return bytes(memoryview(plan))
+
+
+def prepare_trt_plan(
+    cache: EngineCache,
+    artifact: ArtifactResult,
+    device: GpuDevice,
+    cuda_runtime: int,
+    options: BuildOptions,
+    progress: Progress | None = None,
+) -> EngineResult:
+    """The plan for ``device``: from the cache (shared by identical GPUs) or built on it now.
+
+    Args:
+        cache: the engine cache.
+        artifact: the accepted precision artifact.
+        device: the GPU to build on.
+        cuda_runtime: CUDA runtime version.
+        options: builder settings.
+        progress: told each step's name.
+
+    Returns:
+        The plan file.
+
+    Raises:
+        EngineLoadError: no GPU or TensorRT, or the build failed.
+    """
+    from ..devices import fingerprint_id
+    from .cuda import set_device
+    from .runtime import load_tensorrt, make_logger
+
+    trt = load_tensorrt()
+    fields = trt_plan_fields(artifact.key, device, str(trt.__version__), cuda_runtime, options)
+    device_id = fingerprint_id(fields["device"])
+    key = cache_key(fields)
+
+    def build(out_dir: Path) -> dict[str, Any]:
+        if progress:
+            progress(f"tensorrt plan on GPU {device.index}")
+        log.info("building a TensorRT plan for %s on GPU %d (%s)", artifact.path.name, device.index, device.name)
+        start = time.monotonic()
+        set_device(device.index)
+        plan = build_plan(trt, make_logger(trt), artifact.path, options, _TimingCache(cache, device_id))
+        (out_dir / PLAN_FILE).write_bytes(plan)
+        return {"precision": artifact.spec.label, "gpu": device.name, "build_seconds": time.monotonic() - start}
+
+    entry, hit = cache.get_or_build(device_id, key, fields, build)
+    return EngineResult(entry.file(PLAN_FILE), key, device_id, hit, entry.build_seconds, entry.metadata)
+
+
+def distinct_devices(devices: Sequence[GpuDevice], tensorrt_version: str, cuda_runtime: int) -> list[GpuDevice]:
+    """One device per fingerprint: identical GPUs share one plan, so only one of them builds."""
+    seen: set[str] = set()
+    out = []
+    for dev in devices:
+        fp = cache_key(gpu_fingerprint(dev, tensorrt_version, cuda_runtime))
+        if fp not in seen:
+            seen.add(fp)
+            out.append(dev)
+    return out

@@ -1,0 +1,199 @@
+"""The thread-pool flavour of the servicer (grpc.server): same DataPlane, same status mapping.
+
+Each call runs on one of gRPC's pool threads and blocks on a lock that the
+scheduler's worker releases when the batch is done (``_ReleaseSink``). The
+aio servicer (servicer.py) is the other flavour; which one serves best is a
+measured choice (bench/throughput.py), picked with ``--grpc-flavor``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from clients.pb import grpc_service_pb2 as pb
+from clients.pb import grpc_service_pb2_grpc as pb_grpc
+
+from .dataplane import DataPlane
+from .request import InferRequest
+from .servicer import UNIMPLEMENTED_FEATURES, status_for, stream_error_response
+from .wire import encode_response
+
+__all__ = ["SyncInferenceServicer"]
+
+_DONE = object()
+
+
+class _ReleaseSink:
+    """Releases each finished request's lock: the blocked handler thread wakes and answers."""
+
+    def deliver(self, requests: Sequence[InferRequest]) -> None:
+        for r in requests:
+            r.waiter.release()
+
+
+_SINK = _ReleaseSink()
+
+
+class _QueueSink:
+    """For a stream: finished requests go to the stream's response queue."""
+
+    def __init__(self, outbox: queue.SimpleQueue[Any]) -> None:
+        self._outbox = outbox
+
+    def deliver(self, requests: Sequence[InferRequest]) -> None:
+        for r in requests:
+            self._outbox.put(r)
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, request_id: str = "") -> None:
+    code, message = status_for(exc, request_id)
+    context.abort(code, message)
+
+
+class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService on the thread-pool grpc.server."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    def _call(self, context: grpc.ServicerContext, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            _abort(context, exc)
+
+    def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._plane.live)
+
+    def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._plane.ready)
+
+    def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version))
+
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return self._plane.server_metadata()
+
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        return self._call(context, self._plane.model_metadata, request.name, request.version)  # type: ignore[no-any-return]
+
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return self._call(context, self._plane.model_config, request.name, request.version)  # type: ignore[no-any-return]
+
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        return self._call(context, self._plane.model_statistics, request.name, request.version)  # type: ignore[no-any-return]
+
+    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        return self._plane.repository_index(request.ready)
+
+    def _submit(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext, sink: Any, waiter: Any = None
+    ) -> InferRequest:
+        prepared = self._plane.prepare(request)
+        prepared.waiter = waiter  # before submit: a worker may finish it at once
+        remaining = context.time_remaining()
+        if remaining is not None:
+            deadline = prepared.arrival_ns + int(remaining * 1e9)
+            if not prepared.deadline_ns or deadline < prepared.deadline_ns:
+                prepared.deadline_ns = deadline
+        prepared.sink = sink
+        self._plane.submit(prepared)
+        return prepared
+
+    def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        try:
+            waiter = threading.Lock()
+            waiter.acquire()
+            prepared = self._submit(request, context, _SINK, waiter)
+            while not waiter.acquire(timeout=0.5):
+                if not context.is_active():  # the client went away
+                    self._plane.cancel(prepared)
+                    waiter.acquire()  # cancel() may have lost the race with a running batch
+                    break
+            if prepared.error is not None:
+                raise prepared.error
+            return encode_response(prepared)
+        except Exception as exc:
+            _abort(context, exc, request.id)
+            raise  # unreachable: abort raises
+
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[pb.ModelInferRequest], context: Any
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        metadata = dict(context.invocation_metadata() or ())
+        fail_stream = str(metadata.get("triton_grpc_error", "")).lower() == "true"
+        outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        sink = _QueueSink(outbox)
+        submitted = [0]
+        done_reading = threading.Event()
+
+        def read() -> None:
+            try:
+                for request in request_iterator:
+                    submitted[0] += 1
+                    try:
+                        self._submit(request, context, sink)
+                    except Exception as exc:
+                        outbox.put((request, exc))
+            finally:
+                done_reading.set()
+                outbox.put(_DONE)
+
+        threading.Thread(target=read, name="tg-stream-reader", daemon=True).start()
+        answered = 0
+        reading = True
+        while reading or answered < submitted[0]:
+            item = outbox.get()
+            if item is _DONE:
+                reading = False
+                continue
+            answered += 1
+            if isinstance(item, tuple):
+                request, error = item
+            else:
+                request, error = item, item.error
+            if error is not None:
+                if fail_stream:
+                    _abort(context, error, getattr(request, "id", ""))
+                yield stream_error_response(request, error)
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=encode_response(request))
+
+    def _unimplemented(self, context: Any, rpc: str) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet")
+
+    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "RepositoryModelLoad")
+
+    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "RepositoryModelUnload")
+
+    def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "SystemSharedMemoryStatus")
+
+    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "SystemSharedMemoryRegister")
+
+    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "SystemSharedMemoryUnregister")
+
+    def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "CudaSharedMemoryStatus")
+
+    def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "CudaSharedMemoryRegister")
+
+    def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "CudaSharedMemoryUnregister")
+
+    def TraceSetting(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "TraceSetting")
+
+    def LogSettings(self, request: Any, context: Any) -> Any:
+        return self._unimplemented(context, "LogSettings")
+
