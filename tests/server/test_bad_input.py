@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -148,15 +148,14 @@ BAD_REQUESTS: dict[str, tuple[pb.ModelInferRequest, grpc.StatusCode, tuple[str, 
 }
 
 
-@pytest.fixture(scope="module")
-def bad_input_server(tmp_path_factory: pytest.TempPathFactory, test_repository: Path) -> RunningServer:
+def bad_input_repository(tmp_path_factory: pytest.TempPathFactory, test_repository: Path) -> Path:
+    """simple and broken from the test repository, plus a BYTES identity model named strings."""
     import onnx
     from onnx import TensorProto, helper
 
     repo = tmp_path_factory.mktemp("badinput")
     for name in ("simple", "broken"):
-        src = test_repository / name
-        (repo / name).symlink_to(src, target_is_directory=True)
+        (repo / name).symlink_to(test_repository / name, target_is_directory=True)
     strings = repo / "strings" / "1"
     strings.mkdir(parents=True)
     graph = helper.make_graph(
@@ -166,7 +165,12 @@ def bad_input_server(tmp_path_factory: pytest.TempPathFactory, test_repository: 
         [helper.make_tensor_value_info("OUT", TensorProto.STRING, ["b", 1])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(strings / "model.onnx"))
-    with running_server(repo) as handle:
+    return repo
+
+
+@pytest.fixture(scope="module")
+def bad_input_server(tmp_path_factory: pytest.TempPathFactory, test_repository: Path) -> Iterator[RunningServer]:
+    with running_server(bad_input_repository(tmp_path_factory, test_repository)) as handle:
         yield handle
 
 
