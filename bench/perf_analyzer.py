@@ -73,8 +73,9 @@ def run_perf_analyzer(
     max_trials: int = 3,
     timeout_s: float = 300,
     binary: Path | None = None,
+    request_rate: int = 0,
 ) -> PerfResult:
-    """One perf_analyzer measurement at one concurrency (mode: sync, async or streaming).
+    """One perf_analyzer measurement at one concurrency or fixed request rate (mode: sync, async, streaming).
 
     The stability rule is loose by default (100 %, 3 windows): on a shared 2-core box
     perf_analyzer's 10 % rule often never settles, and benchmarks here compare ratios
@@ -85,7 +86,8 @@ def run_perf_analyzer(
         csv_path = Path(tmp) / "out.csv"
         cmd = [
             str(exe), "-m", model, "-u", url, "-i", "grpc", "-b", str(batch_size),
-            "--concurrency-range", f"{concurrency}:{concurrency}",
+            *(["--request-rate-range", f"{request_rate}:{request_rate}"] if request_rate
+              else ["--concurrency-range", f"{concurrency}:{concurrency}"]),
             "--measurement-interval", str(window_ms),
             "--stability-percentage", str(stability_percentage),
             "--max-trials", str(max_trials),

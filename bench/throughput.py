@@ -43,11 +43,12 @@ def _config(delay_us: int, instances: int, threads: int, max_queue: int) -> str:
     )
 
 
-def build_repository(root: Path, delay_us: int, instances: int, threads: int, max_queue: int = 0) -> Path:
+def build_repository(root: Path, delay_us: int, instances: int, threads: int, max_queue: int = 0,
+                     sizes: tuple[int, ...] = MLP_SIZES) -> Path:
     from server.demo.models import build_mlp
 
     model_dir = root / "mlp"
-    build_mlp(model_dir / "1" / "model.onnx", MLP_SIZES)
+    build_mlp(model_dir / "1" / "model.onnx", sizes)
     (model_dir / "config.pbtxt").write_text(_config(delay_us, instances, threads, max_queue))
     return root
 
@@ -76,9 +77,9 @@ def _as_dict(r: PerfResult) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"model": "mlp " + "->".join(map(str, MLP_SIZES)), "levels": []}
+    report: dict[str, Any] = {"model": "mlp " + "->".join(map(str, args.sizes)), "levels": []}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
-        repo = build_repository(Path(tmp), args.delay_us, args.instances, args.threads, args.max_queue)
+        repo = build_repository(Path(tmp), args.delay_us, args.instances, args.threads, args.max_queue, args.sizes)
         servers: list[ServerProcess] = []
         try:
             tg = start_tensorgate(repo, extra=args.server_arg)
@@ -113,10 +114,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          "server_rss_mb": tg.rss_mb()})
             mean_batch = max(1, round(report["levels"][-1]["results"]["tensorgate"]["mean_batch"] or 1))
             ceilings = _ceiling(repo / "mlp" / "1" / "model.onnx", sorted({1, mean_batch}), 5, args.threads)
+            best_server = report["levels"][-1]["results"]["tensorgate"]["infer_per_sec"]
             report["in_process_ceiling"] = ceilings
             for c in ceilings:
+                ratio = best_server / c["infer_per_sec"] if c["infer_per_sec"] else 0.0
+                c["tensorgate_ratio"] = ratio
                 print(f"in-process ONNX Runtime at batch {c['batch']}: {c['infer_per_sec']:.0f} infer/s "
-                      f"({c['ms_per_run']:.3f} ms per run)", flush=True)
+                      f"({c['ms_per_run']:.3f} ms per run); tensorgate at concurrency "
+                      f"{args.concurrency[-1]} = {ratio:.2f} of it", flush=True)
             if args.soak_s:
                 report["soak"] = soak(tg, args.soak_s)
                 print(f"soak: {json.dumps(report['soak'])}", flush=True)
@@ -124,7 +129,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for server in servers:
                 server.stop()
         if args.flood:
-            flood_repo = build_repository(Path(tmp) / "flood", args.delay_us, args.instances, args.threads, 256)
+            flood_repo = build_repository(Path(tmp) / "flood", args.delay_us, args.instances, args.threads, 256,
+                                          args.sizes)
             tg = start_tensorgate(flood_repo, extra=args.server_arg)
             try:
                 report["flood"] = flood(tg, concurrency=args.flood, seconds=20)
@@ -141,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("sync", "async", "streaming"), default="sync",
                         help="perf_analyzer's load mode")
     parser.add_argument("--delay-us", type=int, default=1000, help="max_queue_delay_microseconds")
+    parser.add_argument("--sizes", default=MLP_SIZES, type=lambda s: tuple(int(x) for x in s.split(",")),
+                        help="MLP layer widths (default 784,1024,1024,10; compute-bound: 784,4096,4096,10)")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads per instance")
     parser.add_argument("--max-queue", type=int, default=0)

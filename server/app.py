@@ -12,10 +12,13 @@ import asyncio
 import logging
 from pathlib import Path
 
-from .dataplane import DataPlane
+from .async_scheduler import AsyncScheduler
+from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .registry import ModelRegistry
+from .scheduler import Scheduler
 from .settings import ServerSettings
+from .telemetry.hub import Telemetry
 from .transport import make_transport
 
 __all__ = ["InferenceServer"]
@@ -29,9 +32,13 @@ class InferenceServer:
     def __init__(self, settings: ServerSettings, repository: Path) -> None:
         self.settings = settings
         self.registry = ModelRegistry(
-            repository, engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes)
+            repository,
+            engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
+            # grpc.aio: batches formed on the event loop, engines on instance threads (measured cheaper)
+            AsyncScheduler if settings.grpc_flavor == "aio" else Scheduler,
         )
-        self.plane = DataPlane(self.registry, settings.strict_readiness)
+        self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
+        self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)
         self._transport = make_transport(settings.grpc_flavor, self.plane, settings.grpc_threads)
         self._serving = False
         self.port = 0
@@ -55,8 +62,10 @@ class InferenceServer:
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         address = f"{s.grpc_address}:{s.grpc_port}"
+        self.telemetry.start(s.grpc_address)  # tracing (a bad trace file fails here), the metrics endpoint
         self.port = await self._transport.start(address, options)
         if self.port == 0:
+            self.telemetry.stop()
             raise OSError(f"cannot bind {address}")
         self._serving = True
         self.plane.accepting = True
@@ -78,6 +87,7 @@ class InferenceServer:
         grace = self.settings.exit_timeout_secs if grace is None else grace
         await self._transport.stop(grace)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
+        await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
         self._serving = False
 
     def summary(self) -> list[str]:
@@ -87,4 +97,4 @@ class InferenceServer:
             version = entry.version or "-"
             detail = f" ({entry.reason})" if entry.reason else ""
             lines.append(f"  model {entry.name} version {version}: {entry.state}{detail}")
-        return lines
+        return lines + self.telemetry.summary()

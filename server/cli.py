@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
+from .telemetry.options import add_telemetry_flags, telemetry_settings_from_args
 
 __all__ = ["build_parser", "main"]
 
@@ -104,6 +105,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=int(_env("LOG_VERBOSE", "0") or 0),
         help="verbose logging level: 0 = info (default), 1 or more = debug",
     )
+    add_telemetry_flags(p)  # --trace-config, --metrics-port, --allow-metrics, --log-format, ...
     p.set_defaults(handler=_serve)
 
 
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     _add_build(sub)
+    # listed for --help only: main() hands `bench ...` to bench's own parser before argparse runs
+    sub.add_parser("bench", add_help=False, help="load-test any v2 gRPC server (see `tensorgate bench --help`)")
     demo = sub.add_parser("demo-repository", help="build the demo repository if needed and print its path")
     demo.add_argument("--cache-dir", type=Path, default=_env("CACHE_DIR"), help="cache folder")
     demo.set_defaults(handler=_demo_repository)
@@ -184,7 +188,10 @@ def _demo_repository(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_verbose)
+    from .telemetry.logs import configure_logs
+
+    telemetry = telemetry_settings_from_args(args)  # exits with the reason on a bad --trace-config
+    configure_logs(telemetry, args.log_verbose)  # --log-format, --log-file, --log-info/-warning/-error
     settings = ServerSettings(
         model_repository=args.model_repository,
         grpc_address=args.grpc_address,
@@ -200,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_flavor=args.grpc_flavor,
         grpc_threads=args.grpc_threads,
         reuse_port=args.reuse_port or args.workers > 1,
+        telemetry=telemetry,
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))
@@ -242,6 +250,11 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        from bench.cli import main as bench_main
+
+        return bench_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

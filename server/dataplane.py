@@ -18,6 +18,7 @@ from clients.pb import grpc_service_pb2 as pb
 from .errors import InvalidArgumentError, NotFoundError, ServerError
 from .registry import ModelRegistry
 from .request import InferRequest
+from .telemetry.hub import Telemetry
 from .wire import decode_request
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
@@ -26,10 +27,12 @@ SERVER_NAME = "tensorgate"
 # exactly the extensions whose RPCs and semantics work
 EXTENSIONS = (
     "classification",
+    "logging",
     "model_configuration",
     "parameters",
     "schedule_policy",
     "statistics",
+    "trace",
 )
 
 
@@ -43,11 +46,15 @@ def server_version() -> str:
 class DataPlane:
     """Answers every implemented RPC from the registry."""
 
-    def __init__(self, registry: ModelRegistry, strict_readiness: bool = False) -> None:
+    def __init__(
+        self, registry: ModelRegistry, strict_readiness: bool = False, telemetry: Telemetry | None = None
+    ) -> None:
         self.registry = registry
         self.strict_readiness = strict_readiness
         self.accepting = False  # set by the app: started and not draining
         self._version = server_version()
+        # traces, metrics, TraceSetting/LogSettings (transports reach the tracer through it)
+        self.telemetry = telemetry or Telemetry(registry, version=self._version)
 
     @property
     def live(self) -> bool:
@@ -131,7 +138,7 @@ class DataPlane:
         assert scheduler is not None
         scheduler.submit(request)
 
-    def cancel(self, request: InferRequest) -> None:
+    def cancel(self, request: InferRequest) -> bool:
+        """Drop a queued request whose client went away; False when it is already running."""
         scheduler = request.model.scheduler
-        if scheduler is not None:
-            scheduler.cancel(request)
+        return scheduler is not None and scheduler.cancel(request)

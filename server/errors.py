@@ -37,6 +37,8 @@ class ServerError(Exception):
 
     #: whether str(self) may be sent to the client
     public = False
+    #: the failed request's trace id (hex), set by tracing so the failure's log line names it
+    trace_id = ""
 
 
 class NotFoundError(ServerError):

@@ -22,6 +22,8 @@ from .autocomplete import ConfigError, complete_config
 from .engine_factory import EngineSettings, LoadError, create_engine
 from .repository import DEFAULT_MODEL_FILENAME
 from .scheduler import Scheduler
+from .telemetry.drift import drift_monitor
+from .telemetry.logs import model_state
 
 __all__ = ["LoadError", "ModelState", "ModelVersion", "TensorInfo", "load_model_version"]
 
@@ -115,6 +117,8 @@ class ModelVersion:
         if self.state is ModelState.UNLOADING:
             self.state = ModelState.UNAVAILABLE
             self.reason = "unloaded"
+            log.info("model %s version %d UNAVAILABLE: unloaded", self.name, self.version,
+                     extra=model_state(self.name, self.version, "UNAVAILABLE", "unloaded"))
 
 
 def load_model_version(
@@ -125,9 +129,11 @@ def load_model_version(
     *,
     max_batch_size_given: bool,
     engine_settings: EngineSettings | None = None,
+    scheduler_class: type[Scheduler] = Scheduler,
 ) -> ModelVersion:
     """Load one version: engine, effective config, instances, scheduler. Never raises."""
     mv = ModelVersion(name, version, model_file.parent.parent)
+    log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
     try:
         if not model_file.exists():
             raise LoadError(f"version {version} has no model file {model_file.name}")
@@ -154,7 +160,8 @@ def load_model_version(
                 mv.labels[output.name] = labels
         count = loaded.instance_count or _instance_count(config)  # GPU engines: count per listed GPU
         instances: list[EngineInstance] = [engine.create_instance() for _ in range(count)]
-        mv.scheduler = Scheduler(mv, instances)
+        mv.scheduler = scheduler_class(mv, instances)
+        mv.scheduler.drift = drift_monitor(mv, instances[0] if instances else None)  # opt-in per model
         mv.scheduler.start()
         mv.state = ModelState.READY
         log.info(
@@ -165,16 +172,20 @@ def load_model_version(
             engine.kind,
             mv.max_batch_size,
             f" ({loaded.description})" if loaded.description else "",
+            extra=model_state(name, version, "READY"),
         )
     except (LoadError, ConfigError, EngineLoadError) as exc:
         mv.fail(str(exc))
-        log.error("model %s version %d UNAVAILABLE: %s", name, version, exc)
+        log.error("model %s version %d UNAVAILABLE: %s", name, version, exc,
+                  extra=model_state(name, version, "UNAVAILABLE", mv.reason))
     except EngineError as exc:
         mv.fail(f"engine error: {exc}")
-        log.error("model %s version %d UNAVAILABLE: %s", name, version, exc)
+        log.error("model %s version %d UNAVAILABLE: %s", name, version, exc,
+                  extra=model_state(name, version, "UNAVAILABLE", mv.reason))
     except Exception as exc:  # a broken model must never take the server down
         mv.fail(f"failed to load: {type(exc).__name__}: {exc}")
-        log.exception("model %s version %d UNAVAILABLE", name, version)
+        log.exception("model %s version %d UNAVAILABLE", name, version,
+                      extra=model_state(name, version, "UNAVAILABLE", mv.reason))
     return mv
 
 

@@ -24,7 +24,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,9 +36,11 @@ from engines import EngineError, EngineInstance
 from .errors import DeadlineExceededError, InternalError, QueueFullError, UnavailableError
 from .request import InferRequest
 from .statistics import ModelStatistics
+from .telemetry import tracing as _tracing
 
 if TYPE_CHECKING:
     from .model import ModelVersion
+    from .telemetry.drift import DriftMonitor
 
 __all__ = ["Scheduler"]
 
@@ -77,6 +79,7 @@ class Scheduler:
         self._model = model
         self._instances = instances
         self.statistics = ModelStatistics()
+        self.drift: DriftMonitor | None = None  # output drift monitor (model.py sets it when configured)
         batching = config.WhichOneof("scheduling_choice") == "dynamic_batching"
         db = config.dynamic_batching
         self._dynamic = batching and model.max_batch_size > 0
@@ -104,6 +107,12 @@ class Scheduler:
         # adaptive queue delay (tensorgate): stop waiting while waits stop growing batches (a lone
         # client gains nothing from them), probing again now and then
         self._adaptive = self._delay_ns > 0 and _flag(config, "adaptive_queue_delay", True)
+        if self._dynamic and not self._delay_ns and model.max_batch_size > 1:
+            log.info(
+                "model %s: dynamic batching with max_queue_delay_microseconds 0 forms small batches under "
+                "load on a busy host; 1000-2000 usually doubles batch size (tensorgate skips the wait "
+                "while it does not grow batches, so a lone client stays fast)", model.name,
+            )
         self._wait_payoff = 1.0
         self._last_probe_ns = 0
         self._stopping = False
@@ -166,8 +175,10 @@ class Scheduler:
                 request.timeout_us = timeout_us
         with self._cond:
             if self._stopping:
+                self.statistics.record_failures([request], _now(), "OTHER")
                 raise UnavailableError(f"model '{self._model.name}' is unloading")
             if level.max_size and len(level.items) >= level.max_size:
+                self.statistics.record_failures([request], _now(), "REJECTED")
                 raise QueueFullError(
                     f"model '{self._model.name}' queue is full (max_queue_size {level.max_size}); "
                     "request rejected, retry later"
@@ -187,8 +198,12 @@ class Scheduler:
             elif self._idle_waiters:
                 self._cond.notify()
 
-    def cancel(self, request: InferRequest) -> None:
-        """The client went away: drop the request if it is still queued."""
+    def cancel(self, request: InferRequest) -> bool:
+        """The client went away: drop the request if it is still queued.
+
+        Returns True when it was dropped (it will never be delivered), False when it is
+        already running (it will be delivered as usual).
+        """
         request.cancelled = True
         with self._cond:
             for queue in (*(lv.items for lv in self._levels), self._delayed):
@@ -198,7 +213,9 @@ class Scheduler:
                     continue
                 self._pending -= 1
                 self._skip(request)
-                return
+                self.statistics.record_failures([request], _now(), "CANCELED")
+                return True
+        return False
 
     # ---- batch formation (called with the lock held) -------------------------
 
@@ -244,6 +261,7 @@ class Scheduler:
                     queue.popleft()
                     self._pending -= 1
                     self._skip(head)
+                    self.statistics.record_failures([head], now, "CANCELED")
                     continue
                 if head.deadline_ns:
                     self._with_deadline -= 1
@@ -278,6 +296,11 @@ class Scheduler:
                 return batch, 0, rows
             self._last_probe_ns = now
         self._requeue(batch)
+        if self._with_deadline:
+            # wake up in time to answer a request whose deadline falls inside the wait
+            deadlines = [r.deadline_ns for r in batch if r.deadline_ns]
+            if deadlines:
+                wait_ns = max(0, min(wait_ns, min(deadlines) - now))
         return [], wait_ns / 1e9, rows
 
     def _requeue(self, requests: list[InferRequest]) -> None:
@@ -291,6 +314,7 @@ class Scheduler:
     # ---- workers -------------------------------------------------------------------
 
     def _work(self, instance: EngineInstance) -> None:
+        buffers: dict[Any, npt.NDArray[Any]] = {}  # this instance's batch input buffers
         while True:
             expired: list[InferRequest] = []
             waited_rows = 0  # rows the batch had when this worker began waiting out the delay
@@ -325,54 +349,96 @@ class Scheduler:
                         f"request for model '{self._model.name}' timed out in the queue "
                         f"after {(now - r.arrival_ns) // 1000} us; it was not computed"
                     )
-                self.statistics.record_failures(expired, now)
+                self.statistics.record_failures(expired, now, "REJECTED")
                 self._deliver(expired)
                 continue
-            self._execute(instance, batch)
+            self._execute(instance, batch, buffers)
 
-    def _merge(self, batch: list[InferRequest], name: str) -> npt.NDArray[Any]:
+    def _merge(self, batch: list[InferRequest], name: str, buffers: dict[Any, npt.NDArray[Any]] | None) -> npt.NDArray[Any]:
+        """One input of a batch along axis 0, into the instance's preallocated buffer when it fits."""
         if len(batch) == 1:
             return batch[0].inputs[name]
-        return np.concatenate([r.inputs[name] for r in batch], axis=0)
+        parts = [r.inputs[name] for r in batch]
+        first = parts[0]
+        if buffers is None or first.dtype == np.object_:
+            return np.concatenate(parts, axis=0)
+        key = (name, first.shape[1:], first.dtype)
+        buffer = buffers.get(key)
+        if buffer is None:
+            # sized for max_batch_size; an instance runs one batch at a time, so it is never shared
+            buffer = buffers[key] = np.empty((self._max_rows, *first.shape[1:]), dtype=first.dtype)
+        rows = sum(p.shape[0] for p in parts)
+        return np.concatenate(parts, axis=0, out=buffer[:rows])
 
-    def _execute(self, instance: EngineInstance, batch: list[InferRequest]) -> None:
-        model = self._model
-        start = _now()
-        for r in batch:
-            r.compute_start_ns = start
+    def _prepare_inputs(
+        self, batch: list[InferRequest], buffers: dict[Any, npt.NDArray[Any]] | None = None
+    ) -> tuple[dict[str, npt.NDArray[Any]], list[str]]:
+        """The merged inputs and the union of requested outputs of a batch."""
         wanted: dict[str, None] = {}
         for r in batch:
             for out in r.requested:
                 wanted[out.name] = None
-        names = list(wanted)
+        return {name: self._merge(batch, name, buffers) for name in batch[0].inputs}, list(wanted)
+
+    def _finish(
+        self, batch: list[InferRequest], results: dict[str, npt.NDArray[Any]], start: int, input_end: int,
+        output_start: int, buffers: dict[Any, npt.NDArray[Any]] | None = None,
+    ) -> None:
+        """Split the outputs back per request (views), stamp times, count the batch."""
+        if buffers:
+            # an engine may hand an input straight back (Identity): never let a reused buffer leak out
+            results = {
+                n: v.copy() if any(np.may_share_memory(v, b) for b in buffers.values()) else v
+                for n, v in results.items()
+            }
+        if len(batch) == 1:
+            batch[0].outputs = results
+        else:
+            offset = 0
+            for r in batch:
+                end = offset + r.batch_size
+                r.outputs = {n: v[offset:end] for n, v in results.items()}
+                offset = end
+        end_ns = _now()
+        for r in batch:
+            r.compute_input_end_ns = input_end
+            r.compute_output_start_ns = output_start
+            r.compute_end_ns = end_ns
+        self.statistics.record_batch(batch, start, input_end, output_start, end_ns)
+        if self.drift is not None:
+            self.drift.observe(results)
+
+    def _fail_batch(self, batch: list[InferRequest], exc: BaseException) -> None:
+        """The engine failed: every request of this batch fails with INTERNAL; the log keeps why."""
+        model = self._model
+        ids = [r.id for r in batch]
+        log.error("model %s version %s: batch of %d request(s) %s failed: %s",
+                  model.name, model.version, len(batch), ids, exc, exc_info=not isinstance(exc, EngineError))
+        for r in batch:
+            r.error = InternalError(f"model '{model.name}' failed to run this request")
+        self.statistics.record_failures(batch, _now(), "BACKEND")
+
+    def _execute(
+        self, instance: EngineInstance, batch: list[InferRequest], buffers: dict[Any, npt.NDArray[Any]]
+    ) -> None:
+        start = _now()
+        for r in batch:
+            r.compute_start_ns = start
         try:
-            inputs = {name: self._merge(batch, name) for name in batch[0].inputs}
+            inputs, names = self._prepare_inputs(batch, buffers)
             input_end = _now()
             results = instance.run(inputs, names)
-            output_start = _now()
-            if len(batch) == 1:
-                batch[0].outputs = results
-            else:
-                offset = 0
-                for r in batch:
-                    end = offset + r.batch_size
-                    r.outputs = {n: v[offset:end] for n, v in results.items()}
-                    offset = end
-            end_ns = _now()
-            for r in batch:
-                r.compute_input_end_ns = input_end
-                r.compute_output_start_ns = output_start
-                r.compute_end_ns = end_ns
-            self.statistics.record_batch(batch, start, input_end, output_start, end_ns)
-        except (EngineError, Exception) as exc:  # the batch fails, the instance keeps serving
-            ids = [r.id for r in batch]
-            log.error("model %s version %s: batch of %d request(s) %s failed: %s",
-                      model.name, model.version, len(batch), ids, exc, exc_info=not isinstance(exc, EngineError))
-            for r in batch:
-                r.error = InternalError(f"model '{model.name}' failed to run this request")
-            self.statistics.record_failures(batch, _now())
+            self._finish(batch, results, start, input_end, _now(), buffers)
+        except Exception as exc:  # the batch fails, the instance keeps serving
+            self._fail_batch(batch, exc)
+        self._complete(batch, threading.current_thread().name)
+
+    def _complete(self, batch: list[InferRequest], instance: str = "") -> None:
+        """An executed batch (succeeded or failed) leaves the scheduler and goes to its sinks."""
         with self._cond:
             self._pending -= len(batch)
+        if _tracing.ANY_ACTIVE:
+            _tracing.record_batch(batch, instance)
         self._deliver(batch)
 
     def _deliver(self, requests: list[InferRequest]) -> None:
@@ -389,9 +455,12 @@ class Scheduler:
                 entry[1].append(r)
         for sink, group in by_sink.values():
             try:
-                sink.deliver(group)
+                self._hand_over(sink, group)
             except Exception:  # a transport that went away must not kill the worker
                 log.exception("delivering results for model %s failed", self._model.name)
+
+    def _hand_over(self, sink: Any, group: Sequence[InferRequest]) -> None:
+        sink.deliver(group)
 
     def _skip(self, request: InferRequest) -> None:
         """A request that will never be delivered must not hold back the ones after it."""

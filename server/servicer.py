@@ -30,6 +30,7 @@ from .errors import (
     UnimplementedError,
 )
 from .request import InferRequest
+from .telemetry.logs import failure_trace_id, request_fields
 from .wire import encode_response
 
 __all__ = ["UNIMPLEMENTED_FEATURES", "InferenceServicer", "status_for", "stream_error_response"]
@@ -57,14 +58,12 @@ UNIMPLEMENTED_FEATURES = {
     "CudaSharedMemoryStatus": "the CUDA shared-memory extension",
     "CudaSharedMemoryRegister": "the CUDA shared-memory extension",
     "CudaSharedMemoryUnregister": "the CUDA shared-memory extension",
-    "TraceSetting": "the trace extension (TraceSetting)",
-    "LogSettings": "the logging extension (LogSettings)",
 }
 
 
-def stream_error_response(request: Any, exc: BaseException) -> pb.ModelStreamInferResponse:
+def stream_error_response(request: Any, exc: BaseException, trace_id: str = "") -> pb.ModelStreamInferResponse:
     """A failed request on a stream: error_message set, the request's identity echoed, stream open."""
-    _, message = status_for(exc, getattr(request, "id", ""))
+    _, message = status_for(exc, getattr(request, "id", ""), trace_id)
     return pb.ModelStreamInferResponse(
         error_message=message,
         infer_response=pb.ModelInferResponse(
@@ -73,18 +72,22 @@ def stream_error_response(request: Any, exc: BaseException) -> pb.ModelStreamInf
     )
 
 
-def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
-    """The one mapping from an exception to (status code, client-safe message)."""
+def status_for(exc: BaseException, request_id: str = "", trace_id: str = "") -> tuple[grpc.StatusCode, str]:
+    """The one mapping from an exception to (status code, client-safe message); logs the failure once."""
+    trace_id = trace_id or getattr(exc, "trace_id", "")
+    about = f"request {request_id!r}" + (f" (trace {trace_id})" if trace_id else "")
     if isinstance(exc, ServerError) and exc.public:
         for cls, code in _STATUS:
             if isinstance(exc, cls):
-                if code is not grpc.StatusCode.INVALID_ARGUMENT and code is not grpc.StatusCode.NOT_FOUND:
-                    log.info("request %r: %s: %s", request_id, code.name, exc)
+                bad_request = code is grpc.StatusCode.INVALID_ARGUMENT or code is grpc.StatusCode.NOT_FOUND
+                log.log(logging.DEBUG if bad_request else logging.INFO, "%s: %s: %s", about, code.name, exc,
+                        extra=request_fields(request_id, trace_id, code.name))
                 return code, str(exc)
+    fields = request_fields(request_id, trace_id, "INTERNAL")
     if isinstance(exc, ServerError):
-        log.error("request %r failed: %s", request_id, exc)
+        log.error("%s failed: %s", about, exc, extra=fields)
     else:
-        log.error("request %r failed unexpectedly", request_id, exc_info=exc)
+        log.error("%s failed unexpectedly", about, exc_info=exc, extra=fields)
     return grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
 
 
@@ -101,7 +104,7 @@ def _unary(method: Handler[_Req, _Resp]) -> Handler[_Req, _Resp]:
         try:
             return await method(self, request, context)
         except (ServerError, Exception) as exc:
-            code, message = status_for(exc, getattr(request, "id", ""))
+            code, message = status_for(exc, getattr(request, "id", ""), failure_trace_id(exc, context))
             await context.abort(code, message)
             raise  # unreachable: abort raises
 
@@ -117,6 +120,10 @@ class _LoopSink:
     def deliver(self, requests: Sequence[InferRequest]) -> None:
         self._loop.call_soon_threadsafe(self._resolve, requests)
 
+    def deliver_now(self, requests: Sequence[InferRequest]) -> None:
+        """Called on the loop itself (the loop-driven scheduler): no thread-safe hop."""
+        self._resolve(requests)
+
     @staticmethod
     def _resolve(requests: Sequence[InferRequest]) -> None:
         for r in requests:
@@ -131,6 +138,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
         self._sink: _LoopSink | None = None
+        self._tracer = plane.telemetry.tracer
 
     def _loop_sink(self) -> _LoopSink:
         if self._sink is None:
@@ -180,6 +188,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
         """Prepare, queue and wait for one request; raises ServerError on failure."""
         prepared = self._plane.prepare(request)
+        if self._tracer.active:  # the one check a request pays when tracing is off
+            self._tracer.begin(prepared, context.invocation_metadata())
         remaining = context.time_remaining()
         if remaining is not None:
             deadline = prepared.arrival_ns + int(remaining * 1e9)
@@ -193,7 +203,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await waiter
         except asyncio.CancelledError:
             self._plane.cancel(prepared)
+            if prepared.trace is not None:
+                self._tracer.end(prepared, CancelledError("the client cancelled the request"))
             raise
+        if prepared.trace is not None:
+            self._tracer.end(prepared)
         if prepared.error is not None:
             raise prepared.error
         return prepared
@@ -226,7 +240,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if fail_stream:
                     outbox.put_nowait(exc)
                     return
-                outbox.put_nowait(stream_error_response(request, exc))
+                outbox.put_nowait(stream_error_response(request, exc, failure_trace_id(exc, context)))
 
         async def read() -> None:
             async for request in request_iterator:
@@ -285,8 +299,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "CudaSharedMemoryUnregister")
 
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "TraceSetting")
+    # ---- trace and logging extensions ------------------------------------------------------
 
-    async def LogSettings(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "LogSettings")
+    @_unary
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        return self._plane.telemetry.trace_setting(request)
+
+    @_unary
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        return self._plane.telemetry.log_settings(request)

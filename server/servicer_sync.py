@@ -19,8 +19,10 @@ from clients.pb import grpc_service_pb2 as pb
 from clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
+from .errors import CancelledError
 from .request import InferRequest
 from .servicer import UNIMPLEMENTED_FEATURES, status_for, stream_error_response
+from .telemetry.logs import failure_trace_id
 from .wire import encode_response
 
 __all__ = ["SyncInferenceServicer"]
@@ -51,7 +53,7 @@ class _QueueSink:
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, request_id: str = "") -> None:
-    code, message = status_for(exc, request_id)
+    code, message = status_for(exc, request_id, failure_trace_id(exc, context))
     context.abort(code, message)
 
 
@@ -60,6 +62,7 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
+        self._tracer = plane.telemetry.tracer
 
     def _call(self, context: grpc.ServicerContext, fn: Any, *args: Any) -> Any:
         try:
@@ -95,6 +98,8 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext, sink: Any, waiter: Any = None
     ) -> InferRequest:
         prepared = self._plane.prepare(request)
+        if self._tracer.active:  # the one check a request pays when tracing is off
+            self._tracer.begin(prepared, context.invocation_metadata())
         prepared.waiter = waiter  # before submit: a worker may finish it at once
         remaining = context.time_remaining()
         if remaining is not None:
@@ -112,9 +117,12 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             prepared = self._submit(request, context, _SINK, waiter)
             while not waiter.acquire(timeout=0.5):
                 if not context.is_active():  # the client went away
-                    self._plane.cancel(prepared)
-                    waiter.acquire()  # cancel() may have lost the race with a running batch
+                    if self._plane.cancel(prepared):
+                        raise CancelledError(f"request for model '{request.model_name}' was cancelled")
+                    waiter.acquire()  # already running: its batch will deliver it
                     break
+            if prepared.trace is not None:
+                self._tracer.end(prepared)
             if prepared.error is not None:
                 raise prepared.error
             return encode_response(prepared)
@@ -157,10 +165,12 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request, error = item
             else:
                 request, error = item, item.error
+                if item.trace is not None:
+                    self._tracer.end(item)
             if error is not None:
                 if fail_stream:
                     _abort(context, error, getattr(request, "id", ""))
-                yield stream_error_response(request, error)
+                yield stream_error_response(request, error, failure_trace_id(error, context))
             else:
                 yield pb.ModelStreamInferResponse(infer_response=encode_response(request))
 
@@ -191,9 +201,9 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         return self._unimplemented(context, "CudaSharedMemoryUnregister")
 
-    def TraceSetting(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "TraceSetting")
+    def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        return self._call(context, self._plane.telemetry.trace_setting, request)  # type: ignore[no-any-return]
 
-    def LogSettings(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "LogSettings")
+    def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        return self._call(context, self._plane.telemetry.log_settings, request)  # type: ignore[no-any-return]
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .telemetry.options import TelemetrySettings
 
 __all__ = ["DEFAULT_ENGINE_CACHE_BYTES", "MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir"]
 
@@ -41,6 +43,7 @@ class ServerSettings:
         engine_cache_dir: where precision artifacts and built engines are cached
             (default <cache_dir>/engines).
         engine_cache_max_bytes: the engine cache's size bound; least recently used entries go first.
+        telemetry: traces (--trace-config), the metrics endpoint and log format (server.telemetry).
     """
 
     model_repository: Path | None = None
@@ -57,6 +60,7 @@ class ServerSettings:
     grpc_threads: int = 64
     engine_cache_dir: Path | None = None
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @property
     def resolved_cache_dir(self) -> Path:

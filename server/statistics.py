@@ -59,6 +59,8 @@ class ModelStatistics:
         self.execution_count = 0
         self.last_inference_ms = 0
         self.batches: dict[int, _BatchSizeStats] = {}
+        # fail.count by Triton's metric reasons (the metrics endpoint's nv_inference_request_failure)
+        self.failure_reasons = {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 0}
 
     def record_batch(
         self, batch: Sequence[InferRequest], start: int, input_end: int, output_start: int, end: int
@@ -86,10 +88,11 @@ class ModelStatistics:
             per_size.compute_infer.add(1, c_infer)
             per_size.compute_output.add(1, c_out)
 
-    def record_failures(self, requests: Sequence[InferRequest], end: int) -> None:
-        """Requests that failed in the scheduler (timed out, engine error)."""
+    def record_failures(self, requests: Sequence[InferRequest], end: int, reason: str = "OTHER") -> None:
+        """Requests that failed in the scheduler; reason: REJECTED, CANCELED, BACKEND or OTHER."""
         with self._lock:
             self.fail.add(len(requests), sum(end - r.arrival_ns for r in requests))
+            self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + len(requests)
 
     def to_pb(self, name: str, version: str) -> pb.ModelStatistics:
         out = pb.ModelStatistics(name=name, version=version)

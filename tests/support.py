@@ -18,6 +18,7 @@ import grpc
 from server.app import InferenceServer
 from server.demo.models import build_add_sub, build_mlp
 from server.settings import ServerSettings
+from server.telemetry import TelemetrySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,7 @@ class RunningServer:
     """An InferenceServer on its own event loop in a background thread (real gRPC on loopback)."""
 
     def __init__(self, repository: Path, **settings: object) -> None:
+        settings.setdefault("telemetry", TelemetrySettings(metrics_port=0))  # never Triton's 8002 in tests
         self.settings = ServerSettings(grpc_port=0, exit_timeout_secs=5, **settings)  # type: ignore[arg-type]
         self.server = InferenceServer(self.settings, repository)
         self._loop = asyncio.new_event_loop()

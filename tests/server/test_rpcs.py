@@ -133,8 +133,6 @@ def test_stream_with_triton_grpc_error_header_ends_with_status(server: RunningSe
         ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="simple"), "model control"),
         ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest(), "shared-memory"),
         ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(), "CUDA shared-memory"),
-        ("TraceSetting", pb.TraceSettingRequest(), "trace"),
-        ("LogSettings", pb.LogSettingsRequest(), "logging"),
     ],
 )
 def test_later_features_answer_unimplemented_with_their_name(
@@ -144,6 +142,15 @@ def test_later_features_answer_unimplemented_with_their_name(
         getattr(stub_for(server), rpc)(request_message)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert feature in info.value.details()
+
+
+def test_trace_and_log_settings_answer(server: RunningServer) -> None:
+    """The trace and logging extensions are advertised, so their RPCs answer (tests/telemetry go deeper)."""
+    stub = stub_for(server)
+    trace = stub.TraceSetting(pb.TraceSettingRequest())
+    assert list(trace.settings["trace_level"].value) == ["OFF"]
+    logs = stub.LogSettings(pb.LogSettingsRequest())
+    assert {"log_info", "log_warning", "log_error", "log_verbose_level", "log_format", "log_file"} <= set(logs.settings)
 
 
 def test_statistics_count_what_was_sent(server: RunningServer) -> None:

@@ -6,6 +6,7 @@ deterministic; timing only appears as lower bounds or generous upper bounds.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from google.protobuf import text_format
 
 from clients.pb import model_config_pb2 as mc
 from engines import EngineRunError
+from server.async_scheduler import AsyncScheduler
 from server.errors import DeadlineExceededError, InternalError, QueueFullError
 from server.model import ModelVersion, TensorInfo
 from server.request import InferRequest, RequestedOutput
@@ -83,9 +85,61 @@ def make_model(config_text: str, max_batch_size: int) -> ModelVersion:
     return mv
 
 
+KIND = "thread"
+
+
+@pytest.fixture(autouse=True, params=["thread", "async"])
+def scheduler_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs against both drivers: worker threads, and the event loop (grpc.aio's)."""
+    global KIND
+    KIND = request.param
+    yield request.param
+    KIND = "thread"
+
+
+class OnLoop:
+    """Drives an AsyncScheduler from this thread: submit/cancel run on its loop, as the aio servicer's do."""
+
+    def __init__(self, scheduler: AsyncScheduler) -> None:
+        self._s = scheduler
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        async def call() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
+
+    def submit(self, r: InferRequest) -> None:
+        self._call(self._s.submit, r)
+
+    def cancel(self, r: InferRequest) -> None:
+        self._call(self._s.cancel, r)
+
+    def close(self) -> None:
+        self._s.stop(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+
 @contextmanager
-def scheduler(config_text: str, instances: list[FakeInstance], max_batch_size: int = 8) -> Iterator[Scheduler]:
+def scheduler(config_text: str, instances: list[FakeInstance], max_batch_size: int = 8) -> Iterator[Any]:
     mv = make_model(config_text, max_batch_size)
+    if KIND == "async":
+        driven = OnLoop(AsyncScheduler(mv, instances))  # type: ignore[arg-type]
+        try:
+            yield driven
+        finally:
+            for instance in instances:
+                if instance.gate is not None:
+                    instance.gate.set()
+            driven.close()
+        return
     s = Scheduler(mv, instances)  # type: ignore[arg-type]
     s.start()
     try:
@@ -404,3 +458,68 @@ def test_adaptive_delay_keeps_waiting_while_waits_grow_batches() -> None:
                 time.sleep(0.002)
             sink.wait_for(3 * (round_ + 1))
     assert [len(b) for b in inst.batches] == [3] * 6
+
+
+def _wait_until(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.001)
+
+
+class EchoInstance(FakeInstance):
+    """Hands its input straight back, as an ONNX Identity graph may; each run waits for one `step()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = threading.Semaphore(0)
+
+    def step(self) -> None:
+        self.steps.release()
+
+    def run(self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+        self.batches.append(inputs["INPUT0"][:, 0].tolist())
+        assert self.steps.acquire(timeout=10)
+        return {"OUTPUT0": inputs["INPUT0"]}
+
+
+def test_reused_batch_buffers_never_leak_into_outputs() -> None:
+    inst = EchoInstance()
+    sink = Collector()
+    with scheduler("dynamic_batching { }", [inst], max_batch_size=8) as s:
+        s.submit(request(s, 0, sink))  # runs alone and holds the instance
+        _wait_until(lambda: len(inst.batches) == 1)
+        b = [request(s, v, sink) for v in (1, 2)]
+        for r in b:
+            s.submit(r)
+        inst.step()
+        sink.wait_for(1)
+        _wait_until(lambda: len(inst.batches) == 2)
+        c = [request(s, v, sink) for v in (3, 4)]  # queued while batch b runs in the buffer
+        for r in c:
+            s.submit(r)
+        inst.step()
+        sink.wait_for(3)
+        inst.step()  # batch c reuses the buffer batch b ran in
+        sink.wait_for(5)
+    assert inst.batches == [[0], [1, 2], [3, 4]]
+    for r, v in zip(b + c, (1, 2, 3, 4), strict=True):
+        assert r.outputs is not None and float(r.outputs["OUTPUT0"][0, 0]) == v
+
+
+def test_deadline_inside_the_queue_delay_is_answered_on_time() -> None:
+    inst = FakeInstance()
+    sink = Collector()
+    config = (
+        'dynamic_batching { max_queue_delay_microseconds: 2000000 } '
+        'parameters { key: "adaptive_queue_delay" value: { string_value: "false" } }'
+    )
+    with scheduler(config, [inst]) as s:
+        late = request(s, 1, sink)
+        late.deadline_ns = time.monotonic_ns() + 50_000_000
+        start = time.monotonic()
+        s.submit(late)
+        sink.wait_for(1)
+        assert time.monotonic() - start < 1.0
+    assert isinstance(late.error, DeadlineExceededError)
+    assert inst.batches == []

@@ -47,6 +47,7 @@ def test_bad_requests(thread_server: RunningServer, case: str) -> None:
         test_rpcs.test_stream_keeps_going_after_a_failed_request,
         test_rpcs.test_stream_with_triton_grpc_error_header_ends_with_status,
         test_rpcs.test_statistics_count_what_was_sent,
+        test_rpcs.test_trace_and_log_settings_answer,
     ],
     ids=lambda f: f.__name__,
 )

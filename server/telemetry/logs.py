@@ -1,0 +1,251 @@
+"""Structured logs and the LogSettings RPC.
+
+Log lines about a model's state carry ``model``, ``version`` and ``state``; lines
+about a failed request carry ``request_id``, ``trace_id`` (from the request's
+trace, or the W3C traceparent the client sent) and ``grpc_code``. The
+``default`` and ``ISO8601`` formats (Triton's two) show them in the text;
+``json`` writes one object per line with them as fields.
+
+Logging is process-wide, so one LogControl (``LOGS``) owns it. ``tensorgate
+serve`` installs its handler on the root logger; the LogSettings RPC (keys
+``log_file``, ``log_info``, ``log_warning``, ``log_error``, ``log_verbose_level``,
+``log_format``, as in Triton) changes it at run time. A server embedded in
+another program without ``install`` only has its ``tensorgate`` logger's level
+changed by the RPC.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from clients.pb import grpc_service_pb2 as pb
+
+from ..errors import InvalidArgumentError
+from .options import LOG_FORMATS, TelemetrySettings
+from .tracing import parse_traceparent
+
+__all__ = ["LOGS", "LogControl", "configure_logs", "failure_trace_id", "model_state", "request_fields"]
+
+log = logging.getLogger("tensorgate.telemetry.logs")
+
+_FIELDS = ("model", "version", "state", "reason", "request_id", "trace_id", "grpc_code")
+_PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def model_state(name: str, version: int | str, state: str, reason: str = "") -> dict[str, Any]:
+    """``extra=`` fields of a model state change line."""
+    fields: dict[str, Any] = {"model": name, "version": str(version), "state": state}
+    if reason:
+        fields["reason"] = reason
+    return fields
+
+
+def request_fields(request_id: str, trace_id: str, grpc_code: str) -> dict[str, Any]:
+    """``extra=`` fields of a failed request line."""
+    return {"request_id": request_id, "trace_id": trace_id, "grpc_code": grpc_code}
+
+
+def failure_trace_id(exc: BaseException, context: Any) -> str:
+    """The trace id to log with a failed request: its trace's, else the traceparent the client sent.
+
+    Called on failure paths only, so reading the metadata costs nothing on success.
+    """
+    traced = getattr(exc, "trace_id", "")
+    if traced:
+        return str(traced)
+    try:
+        metadata = context.invocation_metadata() or ()
+    except Exception:  # a context without metadata (tests, closed calls)
+        return ""
+    for key, value in metadata:
+        if key == "traceparent":
+            parsed = parse_traceparent(value)
+            return f"{parsed[0]:032x}" if parsed else ""
+    return ""
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _FIELDS:
+            value = record.__dict__.get(key)
+            if value not in (None, ""):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class _IsoFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def _formatter(name: str) -> logging.Formatter:
+    if name == "json":
+        return _JsonFormatter()
+    if name == "ISO8601":
+        return _IsoFormatter()
+    return logging.Formatter(_PLAIN)
+
+
+class LogControl:
+    """The process's log settings and the handler that applies them."""
+
+    def __init__(self) -> None:
+        self.file = ""
+        self.info = True
+        self.warning = True
+        self.error = True
+        self.verbose = 0
+        self.format = "default"
+        self._handler: logging.Handler | None = None
+        self._logger = logging.getLogger()
+        self._lock = threading.Lock()
+
+    @property
+    def installed(self) -> bool:
+        return self._handler is not None
+
+    def _gate(self, record: logging.LogRecord) -> bool:
+        level = record.levelno
+        if level >= logging.ERROR:
+            return self.error
+        if level >= logging.WARNING:
+            return self.warning
+        if level >= logging.INFO:
+            return self.info
+        return self.verbose > 0
+
+    def install(self, *, verbose: int = 0, log_format: str = "default", log_file: str = "", info: bool = True,
+                warning: bool = True, error: bool = True, stream: TextIO | None = None,
+                logger: logging.Logger | None = None) -> None:
+        """Own the output of ``logger`` (the root logger: `tensorgate serve`); replaces its handlers."""
+        with self._lock:
+            self.verbose, self.format, self.info, self.warning, self.error = verbose, log_format, info, warning, error
+            root = self._logger = logger or logging.getLogger()
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            self.file = log_file
+            self._handler = self._open(log_file, stream)
+            root.addHandler(self._handler)
+            self._apply_levels()
+
+    def _open(self, log_file: str, stream: TextIO | None = None) -> logging.Handler:
+        handler: logging.Handler = (
+            logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(stream or sys.stderr)
+        )
+        handler.addFilter(self._gate)
+        handler.setFormatter(_formatter(self.format))
+        return handler
+
+    def _apply_levels(self) -> None:
+        if self._handler is not None:
+            self._logger.setLevel(logging.DEBUG if self.verbose > 0 else logging.INFO)
+            self._handler.setFormatter(_formatter(self.format))
+            return
+        lowest = next((lv for lv, on in ((logging.DEBUG, self.verbose > 0), (logging.INFO, self.info),
+                                         (logging.WARNING, self.warning), (logging.ERROR, self.error)) if on),
+                      logging.CRITICAL + 1)
+        logging.getLogger("tensorgate").setLevel(lowest)
+
+    # ---- the LogSettings RPC ---------------------------------------------------------------
+
+    def rpc(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
+        """Apply the request's settings (all checked first), answer the settings in force."""
+        changes: dict[str, Any] = {}
+        for key, value in request.settings.items():
+            which = value.WhichOneof("parameter_choice")
+            if key in ("log_info", "log_warning", "log_error"):
+                if which != "bool_param":
+                    raise InvalidArgumentError(f"log setting '{key}' must be a bool_param")
+                changes[key] = value.bool_param
+            elif key == "log_verbose_level":
+                if which != "uint32_param":
+                    raise InvalidArgumentError("log setting 'log_verbose_level' must be a uint32_param")
+                changes[key] = value.uint32_param
+            elif key in ("log_format", "log_file"):
+                if which != "string_param":
+                    raise InvalidArgumentError(f"log setting '{key}' must be a string_param")
+                if key == "log_format" and value.string_param not in LOG_FORMATS:
+                    raise InvalidArgumentError(
+                        f"unknown log_format '{value.string_param}'; expected one of {', '.join(LOG_FORMATS)}"
+                    )
+                changes[key] = value.string_param
+            else:  # Triton ignores keys it does not know
+                log.warning("LogSettings: ignoring unknown setting '%s'", key)
+        if changes:
+            self._change(changes)
+        return self.to_pb()
+
+    def _change(self, changes: dict[str, Any]) -> None:
+        with self._lock:
+            if "log_file" in changes and changes["log_file"] != self.file:
+                self._switch_file(changes["log_file"])
+            self.info = changes.get("log_info", self.info)
+            self.warning = changes.get("log_warning", self.warning)
+            self.error = changes.get("log_error", self.error)
+            self.verbose = changes.get("log_verbose_level", self.verbose)
+            self.format = changes.get("log_format", self.format)
+            self._apply_levels()
+
+    def _switch_file(self, path: str) -> None:
+        if self._handler is None:
+            raise InvalidArgumentError("log_file can only be changed on a server started by `tensorgate serve`")
+        try:
+            handler = self._open(path)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot open log file '{path}': {exc.strerror}") from None
+        self._logger.addHandler(handler)
+        self._logger.removeHandler(self._handler)
+        self._handler.close()
+        self._handler = handler
+        self.file = path
+
+    def to_pb(self) -> pb.LogSettingsResponse:
+        response = pb.LogSettingsResponse()
+        s = response.settings
+        s["log_file"].string_param = self.file
+        s["log_info"].bool_param = self.info
+        s["log_warning"].bool_param = self.warning
+        s["log_error"].bool_param = self.error
+        s["log_verbose_level"].uint32_param = self.verbose
+        s["log_format"].string_param = self.format
+        return response
+
+    def uninstall(self) -> None:
+        """Give the logger back (tests): remove the handler, forget the settings' effect."""
+        with self._lock:
+            if self._handler is not None:
+                self._logger.removeHandler(self._handler)
+                self._handler.close()
+                self._handler = None
+            self._logger = logging.getLogger()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"log_file": self.file, "log_info": self.info, "log_warning": self.warning, "log_error": self.error,
+                "log_verbose_level": self.verbose, "log_format": self.format}
+
+
+#: the process's log control (logging is process-wide)
+LOGS = LogControl()
+
+
+def configure_logs(settings: TelemetrySettings, verbose: int) -> None:
+    """`tensorgate serve`'s logging: LOGS owns the root logger with the flags' format, file and switches."""
+    LOGS.install(verbose=verbose, log_format=settings.log_format, log_file=settings.log_file,
+                 info=settings.log_info, warning=settings.log_warning, error=settings.log_error)
