@@ -31,25 +31,27 @@ from .soak import flood, soak
 __all__ = ["main"]
 
 MLP_SIZES = (784, 1024, 1024, 10)
+FLOOD_SIZES = (784, 4096, 4096, 10)
 
 
-def _config(delay_us: int, instances: int, threads: int, max_queue: int) -> str:
+def _config(delay_us: int, instances: int, threads: int, max_queue: int, preferred: int = 0) -> str:
     queue = f" default_queue_policy {{ max_queue_size: {max_queue} }}" if max_queue else ""
+    prefer = f" preferred_batch_size: [ {preferred} ]" if preferred else ""
     return (
         f'name: "mlp"\nmax_batch_size: 64\n'
-        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us}{queue} }}\n"
+        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us}{prefer}{queue} }}\n"
         f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
         f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}\n'
     )
 
 
 def build_repository(root: Path, delay_us: int, instances: int, threads: int, max_queue: int = 0,
-                     sizes: tuple[int, ...] = MLP_SIZES) -> Path:
+                     sizes: tuple[int, ...] = MLP_SIZES, preferred: int = 0) -> Path:
     from server.demo.models import build_mlp
 
     model_dir = root / "mlp"
     build_mlp(model_dir / "1" / "model.onnx", sizes)
-    (model_dir / "config.pbtxt").write_text(_config(delay_us, instances, threads, max_queue))
+    (model_dir / "config.pbtxt").write_text(_config(delay_us, instances, threads, max_queue, preferred))
     return root
 
 
@@ -79,7 +81,8 @@ def _as_dict(r: PerfResult) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"model": "mlp " + "->".join(map(str, args.sizes)), "levels": []}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
-        repo = build_repository(Path(tmp), args.delay_us, args.instances, args.threads, args.max_queue, args.sizes)
+        repo = build_repository(Path(tmp), args.delay_us, args.instances, args.threads, args.max_queue, args.sizes,
+                                args.preferred)
         servers: list[ServerProcess] = []
         try:
             tg = start_tensorgate(repo, extra=args.server_arg)
@@ -129,8 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for server in servers:
                 server.stop()
         if args.flood:
+            # the compute-bound model: a flood must be far beyond what the engine can drain
             flood_repo = build_repository(Path(tmp) / "flood", args.delay_us, args.instances, args.threads, 256,
-                                          args.sizes)
+                                          FLOOD_SIZES)
             tg = start_tensorgate(flood_repo, extra=args.server_arg)
             try:
                 report["flood"] = flood(tg, concurrency=args.flood, seconds=20)
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay-us", type=int, default=1000, help="max_queue_delay_microseconds")
     parser.add_argument("--sizes", default=MLP_SIZES, type=lambda s: tuple(int(x) for x in s.split(",")),
                         help="MLP layer widths (default 784,1024,1024,10; compute-bound: 784,4096,4096,10)")
+    parser.add_argument("--preferred", type=int, default=0, help="preferred_batch_size (0: none)")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads per instance")
     parser.add_argument("--max-queue", type=int, default=0)

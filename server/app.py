@@ -12,11 +12,9 @@ import asyncio
 import logging
 from pathlib import Path
 
-from .async_scheduler import AsyncScheduler
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .registry import ModelRegistry
-from .scheduler import Scheduler
 from .settings import ServerSettings
 from .telemetry.hub import Telemetry
 from .transport import make_transport
@@ -34,8 +32,6 @@ class InferenceServer:
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
-            # grpc.aio: batches formed on the event loop, engines on instance threads (measured cheaper)
-            AsyncScheduler if settings.grpc_flavor == "aio" else Scheduler,
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)

@@ -90,6 +90,8 @@ class ModelVersion:
         self.inputs: dict[str, TensorInfo] = {}
         self.outputs: dict[str, TensorInfo] = {}
         self.labels: dict[str, list[str]] = {}
+        # per input: (expected rank, ((axis, fixed dim), ...)) precomputed for the request hot path
+        self.shape_checks: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self.max_batch_size = 0
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
@@ -129,7 +131,6 @@ def load_model_version(
     *,
     max_batch_size_given: bool,
     engine_settings: EngineSettings | None = None,
-    scheduler_class: type[Scheduler] = Scheduler,
 ) -> ModelVersion:
     """Load one version: engine, effective config, instances, scheduler. Never raises."""
     mv = ModelVersion(name, version, model_file.parent.parent)
@@ -153,6 +154,11 @@ def load_model_version(
         mv.config = config
         mv.max_batch_size = config.max_batch_size
         mv.inputs = {t.name: _tensor_info(t) for t in config.input}
+        offset = 1 if mv.batching else 0
+        mv.shape_checks = {
+            name: (len(t.dims) + offset, tuple((i + offset, d) for i, d in enumerate(t.dims) if d != -1))
+            for name, t in mv.inputs.items()
+        }
         mv.outputs = {t.name: _tensor_info(t) for t in config.output}
         for output in config.output:
             labels = _read_labels(mv.path, output)
@@ -160,7 +166,7 @@ def load_model_version(
                 mv.labels[output.name] = labels
         count = loaded.instance_count or _instance_count(config)  # GPU engines: count per listed GPU
         instances: list[EngineInstance] = [engine.create_instance() for _ in range(count)]
-        mv.scheduler = scheduler_class(mv, instances)
+        mv.scheduler = Scheduler(mv, instances)
         mv.scheduler.drift = drift_monitor(mv, instances[0] if instances else None)  # opt-in per model
         mv.scheduler.start()
         mv.state = ModelState.READY

@@ -17,7 +17,6 @@ from .engine_factory import EngineSettings
 from .errors import NotFoundError, UnavailableError
 from .model import ModelState, ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
-from .scheduler import Scheduler
 
 __all__ = ["IndexEntry", "ModelRegistry"]
 
@@ -51,11 +50,8 @@ class ModelRegistry:
         self,
         repository: Path,
         engine_settings: EngineSettings | None = None,
-        scheduler_class: type[Scheduler] = Scheduler,
     ) -> None:
         self.repository = repository
-        # grpc.aio serves with the loop-driven AsyncScheduler, the thread flavour with Scheduler
-        self.scheduler_class = scheduler_class
         self.engine_settings = engine_settings or EngineSettings()
         self._models: dict[str, _ModelEntry] = {}
         self._lock = threading.Lock()
@@ -82,7 +78,6 @@ class ModelRegistry:
                 source.config,
                 max_batch_size_given=source.max_batch_size_given,
                 engine_settings=self.engine_settings,
-                scheduler_class=self.scheduler_class,
             )
 
     def stop(self) -> None:

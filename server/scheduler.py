@@ -24,7 +24,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +50,8 @@ _now = time.monotonic_ns
 
 _PROBE_INTERVAL_NS = 50_000_000  # with adaptive delay off-track, still try waiting every 50 ms
 _PAYOFF_FLOOR = 0.25  # below this share of waits that grew a batch, stop waiting
+_QUIET_GAPS = 3  # arrivals have paused after this many typical in-burst gaps...
+_MIN_QUIET_NS = 100_000  # ...and at least this long
 
 
 def _flag(config: mc.ModelConfig, key: str, default: bool) -> bool:
@@ -103,6 +105,7 @@ class Scheduler:
         self._idle_waiters = 0
         self._delay_waiters = 0
         self._delay_rows = 0
+        self._delay_until_ns = 0  # when the worker waiting out the delay will look again
         self._wake_rows = (self._preferred[0] if self._preferred else self._max_rows) or 1
         # adaptive queue delay (tensorgate): stop waiting while waits stop growing batches (a lone
         # client gains nothing from them), probing again now and then
@@ -115,6 +118,10 @@ class Scheduler:
             )
         self._wait_payoff = 1.0
         self._last_probe_ns = 0
+        # ...and stop waiting once arrivals pause: all the clients' requests are in (a closed loop of
+        # N clients sends N requests, then waits). Gaps are measured while a batch is forming.
+        self._last_arrival_ns = 0
+        self._burst_gap_ns = 0.0
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._pending = 0
@@ -187,16 +194,34 @@ class Scheduler:
                 self._seq[id(request)] = self._next_seq
                 self._next_seq += 1
             request.level = level_index
+            if self._adaptive:
+                if level.items:  # a batch is forming: this gap is an in-burst gap
+                    gap = request.arrival_ns - self._last_arrival_ns
+                    self._burst_gap_ns = gap if not self._burst_gap_ns else 0.9 * self._burst_gap_ns + 0.1 * gap
+                self._last_arrival_ns = request.arrival_ns
             level.items.append(request)
             self._pending += 1
             if request.deadline_ns:
                 self._with_deadline += 1
             if self._delay_waiters:
-                self._delay_rows += request.batch_size
-                if self._delay_rows >= self._wake_rows:
+                if self._wake_delayed(request):
                     self._cond.notify_all()
             elif self._idle_waiters:
                 self._cond.notify()
+
+    def _wake_delayed(self, request: InferRequest) -> bool:
+        """After an arrival: must a worker waiting out the queue delay look now?
+
+        Yes when the batch could now be full or preferred, or when it planned to sleep past
+        the point where the adaptive delay would see arrivals pausing.
+        """
+        self._delay_rows += request.batch_size
+        if self._delay_rows >= self._wake_rows:
+            return True
+        if self._adaptive and self._burst_gap_ns:
+            enough_ns = max(_MIN_QUIET_NS, _QUIET_GAPS * self._burst_gap_ns)
+            return self._delay_until_ns > request.arrival_ns + enough_ns
+        return False
 
     def cancel(self, request: InferRequest) -> bool:
         """The client went away: drop the request if it is still queued.
@@ -291,10 +316,17 @@ class Scheduler:
         if preferred_cut:
             self._requeue(batch[preferred_cut:])
             return batch[:preferred_cut], 0, rows
-        if self._adaptive and self._wait_payoff < _PAYOFF_FLOOR:
-            if now - self._last_probe_ns < _PROBE_INTERVAL_NS:
-                return batch, 0, rows
-            self._last_probe_ns = now
+        if self._adaptive:
+            if self._wait_payoff < _PAYOFF_FLOOR:
+                if now - self._last_probe_ns < _PROBE_INTERVAL_NS:
+                    return batch, 0, rows
+                self._last_probe_ns = now
+            if self._burst_gap_ns:
+                quiet_ns = now - self._last_arrival_ns
+                enough_ns = max(_MIN_QUIET_NS, _QUIET_GAPS * self._burst_gap_ns)
+                if quiet_ns >= enough_ns:
+                    return batch, 0, rows
+                wait_ns = min(wait_ns, int(enough_ns - quiet_ns) + 1)
         self._requeue(batch)
         if self._with_deadline:
             # wake up in time to answer a request whose deadline falls inside the wait
@@ -341,6 +373,7 @@ class Scheduler:
                         waited_rows = waited_rows or rows
                         self._delay_waiters += 1
                         self._delay_rows = rows
+                        self._delay_until_ns = _now() + int(wait * 1e9)
                         self._cond.wait(wait)
                         self._delay_waiters -= 1
             if expired:
@@ -455,12 +488,9 @@ class Scheduler:
                 entry[1].append(r)
         for sink, group in by_sink.values():
             try:
-                self._hand_over(sink, group)
+                sink.deliver(group)
             except Exception:  # a transport that went away must not kill the worker
                 log.exception("delivering results for model %s failed", self._model.name)
-
-    def _hand_over(self, sink: Any, group: Sequence[InferRequest]) -> None:
-        sink.deliver(group)
 
     def _skip(self, request: InferRequest) -> None:
         """A request that will never be delivered must not hold back the ones after it."""

@@ -120,10 +120,6 @@ class _LoopSink:
     def deliver(self, requests: Sequence[InferRequest]) -> None:
         self._loop.call_soon_threadsafe(self._resolve, requests)
 
-    def deliver_now(self, requests: Sequence[InferRequest]) -> None:
-        """Called on the loop itself (the loop-driven scheduler): no thread-safe hop."""
-        self._resolve(requests)
-
     @staticmethod
     def _resolve(requests: Sequence[InferRequest]) -> None:
         for r in requests:

@@ -6,7 +6,6 @@ deterministic; timing only appears as lower bounds or generous upper bounds.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,11 +20,12 @@ from google.protobuf import text_format
 
 from clients.pb import model_config_pb2 as mc
 from engines import EngineRunError
-from server.async_scheduler import AsyncScheduler
 from server.errors import DeadlineExceededError, InternalError, QueueFullError
 from server.model import ModelVersion, TensorInfo
 from server.request import InferRequest, RequestedOutput
 from server.scheduler import Scheduler
+
+NOT_ADAPTIVE = 'parameters { key: "adaptive_queue_delay" value: { string_value: "false" } }'
 
 
 class FakeInstance:
@@ -85,61 +85,9 @@ def make_model(config_text: str, max_batch_size: int) -> ModelVersion:
     return mv
 
 
-KIND = "thread"
-
-
-@pytest.fixture(autouse=True, params=["thread", "async"])
-def scheduler_kind(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test runs against both drivers: worker threads, and the event loop (grpc.aio's)."""
-    global KIND
-    KIND = request.param
-    yield request.param
-    KIND = "thread"
-
-
-class OnLoop:
-    """Drives an AsyncScheduler from this thread: submit/cancel run on its loop, as the aio servicer's do."""
-
-    def __init__(self, scheduler: AsyncScheduler) -> None:
-        self._s = scheduler
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def _call(self, fn: Any, *args: Any) -> Any:
-        async def call() -> Any:
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10)
-
-    def submit(self, r: InferRequest) -> None:
-        self._call(self._s.submit, r)
-
-    def cancel(self, r: InferRequest) -> None:
-        self._call(self._s.cancel, r)
-
-    def close(self) -> None:
-        self._s.stop(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._s, name)
-
-
 @contextmanager
-def scheduler(config_text: str, instances: list[FakeInstance], max_batch_size: int = 8) -> Iterator[Any]:
+def scheduler(config_text: str, instances: list[FakeInstance], max_batch_size: int = 8) -> Iterator[Scheduler]:
     mv = make_model(config_text, max_batch_size)
-    if KIND == "async":
-        driven = OnLoop(AsyncScheduler(mv, instances))  # type: ignore[arg-type]
-        try:
-            yield driven
-        finally:
-            for instance in instances:
-                if instance.gate is not None:
-                    instance.gate.set()
-            driven.close()
-        return
     s = Scheduler(mv, instances)  # type: ignore[arg-type]
     s.start()
     try:
@@ -183,7 +131,8 @@ def test_full_batch_forms_and_runs_once() -> None:
 def test_delay_expiry_sends_a_partial_batch() -> None:
     inst = FakeInstance()
     sink = Collector()
-    with scheduler("dynamic_batching { max_queue_delay_microseconds: 150000 }", [inst]) as s:
+    config = "dynamic_batching { max_queue_delay_microseconds: 150000 } " + NOT_ADAPTIVE
+    with scheduler(config, [inst]) as s:
         start = time.monotonic()
         for i in range(3):
             s.submit(request(s, i, sink))
@@ -191,6 +140,20 @@ def test_delay_expiry_sends_a_partial_batch() -> None:
         elapsed = time.monotonic() - start
     assert inst.batches == [[0, 1, 2]]
     assert elapsed >= 0.15
+
+
+def test_adaptive_delay_sends_once_arrivals_pause() -> None:
+    """A closed loop of 4 clients: all 4 requests are in, nothing more will come before they are answered."""
+    inst = FakeInstance()
+    sink = Collector()
+    with scheduler("dynamic_batching { max_queue_delay_microseconds: 500000 }", [inst]) as s:
+        start = time.monotonic()
+        for i in range(4):
+            s.submit(request(s, i, sink))
+        sink.wait_for(4)
+        elapsed = time.monotonic() - start
+    assert inst.batches == [[0, 1, 2, 3]]
+    assert elapsed < 0.25, f"waited {elapsed:.3f} s for requests that could not come"
 
 
 def test_preferred_size_is_sent_without_waiting_for_the_delay() -> None:
