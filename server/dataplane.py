@@ -126,11 +126,19 @@ class DataPlane:
 
     # ---- inference ---------------------------------------------------------------
 
-    def prepare(self, request: pb.ModelInferRequest) -> InferRequest:
-        """Resolve the model and check and decode the request (raises ServerError)."""
+    def prepare(self, request: pb.ModelInferRequest, time_remaining: float | None = None) -> InferRequest:
+        """Resolve the model and check and decode the request (raises ServerError).
+
+        Args:
+            request: the wire request.
+            time_remaining: seconds left of the call's gRPC deadline, if it has one.
+        """
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
-        return decode_request(mv, request, arrival)
+        prepared = decode_request(mv, request, arrival)
+        if time_remaining is not None:
+            prepared.deadline_ns = arrival + int(time_remaining * 1e9)
+        return prepared
 
     def submit(self, request: InferRequest) -> None:
         """Queue a prepared request; its sink is told when it is done."""

@@ -183,14 +183,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
         """Prepare, queue and wait for one request; raises ServerError on failure."""
-        prepared = self._plane.prepare(request)
+        prepared = self._plane.prepare(request, context.time_remaining())
         if self._tracer.active:  # the one check a request pays when tracing is off
             self._tracer.begin(prepared, context.invocation_metadata())
-        remaining = context.time_remaining()
-        if remaining is not None:
-            deadline = prepared.arrival_ns + int(remaining * 1e9)
-            if not prepared.deadline_ns or deadline < prepared.deadline_ns:
-                prepared.deadline_ns = deadline
         waiter = asyncio.get_running_loop().create_future()
         prepared.waiter = waiter
         prepared.sink = self._loop_sink()

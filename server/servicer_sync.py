@@ -97,15 +97,10 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _submit(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext, sink: Any, waiter: Any = None
     ) -> InferRequest:
-        prepared = self._plane.prepare(request)
+        prepared = self._plane.prepare(request, context.time_remaining())
         if self._tracer.active:  # the one check a request pays when tracing is off
             self._tracer.begin(prepared, context.invocation_metadata())
         prepared.waiter = waiter  # before submit: a worker may finish it at once
-        remaining = context.time_remaining()
-        if remaining is not None:
-            deadline = prepared.arrival_ns + int(remaining * 1e9)
-            if not prepared.deadline_ns or deadline < prepared.deadline_ns:
-                prepared.deadline_ns = deadline
         prepared.sink = sink
         self._plane.submit(prepared)
         return prepared
