@@ -1,4 +1,4 @@
-"""GPU check: device discovery, pinned round trips on several streams, stream overlap, TensorRT FP16/INT8 plans.
+"""GPU check: device discovery, pinned round trips, stream overlap, concurrent instances, TensorRT FP16/INT8 plans.
 
 Run on a machine with an NVIDIA GPU: ``python -m bench.gpu_check [--streams 4]``. Without a GPU it says
 why and exits 0 after the CPU-side checks; without TensorRT it says so and still checks the CUDA layer.
@@ -82,47 +82,57 @@ def check_round_trips(streams: int, nbytes: int = 64 << 20) -> str:
             buf.free()
 
 
+class _SpinKernel:
+    """A clock64 spin kernel compiled with NVRTC: GPU work of a known length, no TensorRT needed."""
+
+    def __init__(self) -> None:
+        from cuda.bindings import driver, nvrtc
+        from cuda.bindings import runtime as rt
+
+        from engines.tensorrt.cuda import check
+
+        try:
+            err, prog = nvrtc.nvrtcCreateProgram(_SPIN_KERNEL.encode(), b"spin.cu", 0, [], [])
+        except Exception as exc:  # libnvrtc missing
+            raise _Skip(f"NVRTC unavailable ({exc}); pip install nvidia-cuda-nvrtc for the overlap checks") from exc
+        if int(err):
+            raise _Skip(f"NVRTC unavailable (error {int(err)})")
+        props = check(rt.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+        arch = f"--gpu-architecture=compute_{props.major}{props.minor}".encode()
+        if int(nvrtc.nvrtcCompileProgram(prog, 1, [arch])[0]):
+            raise AssertionError("NVRTC failed to compile the spin kernel")
+        _, size = nvrtc.nvrtcGetPTXSize(prog)
+        ptx = b" " * size
+        nvrtc.nvrtcGetPTX(prog, ptx)
+        check(rt.cudaFree(0), "cudaFree(0)")  # make the runtime's primary context current for the driver API
+        module = check(driver.cuModuleLoadData(ptx), "cuModuleLoadData")
+        self._kernel = check(driver.cuModuleGetFunction(module, b"spin"), "cuModuleGetFunction")
+        self._clock_khz = int(check(rt.cudaDeviceGetAttribute(rt.cudaDeviceAttr.cudaDevAttrClockRate, 0),
+                                    "clock rate"))
+        self._driver, self._check = driver, check
+
+    def launch(self, stream: Any, ms: float) -> None:
+        args = ((int(ms * self._clock_khz),), (ctypes.c_longlong,))  # cuda-python's (values, ctypes types)
+        self._check(self._driver.cuLaunchKernel(self._kernel, 1, 1, 1, 1, 1, 1, 0, stream.ptr, args, 0),
+                    "cuLaunchKernel")
+
+
 def check_overlap(streams: int, spin_ms: float = 50.0) -> str:
-    """A clock64 spin kernel on 1 stream vs on N streams at once: overlap makes N take about as long as 1."""
-    from cuda.bindings import driver, nvrtc
-    from cuda.bindings import runtime as rt
+    """A spin kernel on 1 stream vs on N streams at once: overlap makes N take about as long as 1."""
+    from engines.tensorrt.cuda import Stream
 
-    from engines.tensorrt.cuda import Stream, check
-
-    try:
-        err, prog = nvrtc.nvrtcCreateProgram(_SPIN_KERNEL.encode(), b"spin.cu", 0, [], [])
-    except Exception as exc:  # libnvrtc missing
-        raise _Skip(f"NVRTC unavailable ({exc}); pip install nvidia-cuda-nvrtc for the overlap check") from exc
-    if int(err):
-        raise _Skip(f"NVRTC unavailable (error {int(err)})")
-    props = check(rt.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-    arch = f"--gpu-architecture=compute_{props.major}{props.minor}".encode()
-    if int(nvrtc.nvrtcCompileProgram(prog, 1, [arch])[0]):
-        raise AssertionError("NVRTC failed to compile the spin kernel")
-    _, size = nvrtc.nvrtcGetPTXSize(prog)
-    ptx = b" " * size
-    nvrtc.nvrtcGetPTX(prog, ptx)
-    check(rt.cudaFree(0), "cudaFree(0)")  # make the runtime's primary context current for the driver API
-    module = check(driver.cuModuleLoadData(ptx), "cuModuleLoadData")
-    kernel = check(driver.cuModuleGetFunction(module, b"spin"), "cuModuleGetFunction")
-    clock_khz = int(check(rt.cudaDeviceGetAttribute(rt.cudaDeviceAttr.cudaDevAttrClockRate, 0), "clock rate"))
-    cycles = int(spin_ms * clock_khz)
-    args = ((cycles,), (ctypes.c_longlong,))  # cuda-python's (values, ctypes types) kernel arguments
-
-    def launch(stream: Stream) -> None:
-        check(driver.cuLaunchKernel(kernel, 1, 1, 1, 1, 1, 1, 0, stream.ptr, args, 0), "cuLaunchKernel")
-
+    spin = _SpinKernel()
     pool = [Stream() for _ in range(streams)]
     try:
-        launch(pool[0])
+        spin.launch(pool[0], spin_ms)
         pool[0].synchronize()  # warm-up
         start = time.perf_counter()
-        launch(pool[0])
+        spin.launch(pool[0], spin_ms)
         pool[0].synchronize()
         one = time.perf_counter() - start
         start = time.perf_counter()
         for s in pool:
-            launch(s)
+            spin.launch(s, spin_ms)
         for s in pool:
             s.synchronize()
         many = time.perf_counter() - start
@@ -134,6 +144,69 @@ def check_overlap(streams: int, spin_ms: float = 50.0) -> str:
     if verdict != "overlap":
         raise AssertionError(f"{streams} streams took {ratio:.2f}x one stream")
     return f"spin {spin_ms:.0f} ms: 1 stream {one * 1e3:.1f} ms, {streams} streams {many * 1e3:.1f} ms ({ratio:.2f}x): {verdict}"
+
+
+def check_instances(count: int, batches: int = 20, spin_ms: float = 5.0, rows: int = 64, width: int = 4096) -> str:
+    """The TensorRT instance layout without TensorRT: N threads, each with its own stream and its own pinned
+    and device buffers from the buffer plan, running H2D copy -> GPU work -> D2H copy -> one stream sync per
+    batch. N instances finishing in about the time of one proves the threads overlap on the GPU (cuda-python
+    releases the GIL while a thread waits on its stream) and that the copies come back intact."""
+    from engines.tensorrt.buffers import InstanceBuffers, plan_buffers
+    from engines.tensorrt.cuda import Stream, memcpy_d2h, memcpy_h2d
+
+    spin = _SpinKernel()
+    f32 = np.dtype(np.float32)
+    plan = plan_buffers([("INPUT0", f32, (rows, width), True), ("OUTPUT0", f32, (rows, width), False)])
+    made = [(Stream(), InstanceBuffers(plan)) for _ in range(count)]
+    nbytes = plan[0].bytes_for((rows, width))
+
+    def instance(i: int, errors: list[str]) -> None:
+        stream, buffers = made[i]
+        host_in, host_out = buffers.host["INPUT0"], buffers.host["OUTPUT0"]
+        dev = buffers.device["INPUT0"]
+        for b in range(batches):
+            host_in.view(f32, (rows, width))[:] = i * 1000 + b
+            memcpy_h2d(dev, host_in, nbytes, stream)
+            spin.launch(stream, spin_ms)
+            memcpy_d2h(host_out, dev, nbytes, stream)
+            stream.synchronize()
+            if not np.all(host_out.view(f32, (rows, width)) == i * 1000 + b):
+                errors.append(f"instance {i} batch {b}: data came back wrong")
+                return
+
+    def run(n: int) -> float:
+        errors: list[str] = []
+        threads = [threading.Thread(target=instance, args=(i, errors)) for i in range(n)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise AssertionError(errors[0])
+        return time.perf_counter() - start
+
+    try:
+        run(1)  # warm-up
+        one, many = run(1), run(count)
+    finally:
+        for stream, buffers in made:
+            buffers.free()
+            stream.free()
+    ratio = many / one
+    if ratio > count * 0.6:
+        raise AssertionError(f"{count} instance threads took {ratio:.2f}x one: they did not overlap")
+    per_batch = one / batches * 1e3
+    return (f"{count} threads x {batches} batches (H2D {nbytes >> 20} MiB, {spin_ms:.0f} ms kernel, D2H, sync): "
+            f"1 instance {one * 1e3:.0f} ms ({per_batch:.2f} ms/batch), {count} instances {many * 1e3:.0f} ms "
+            f"({ratio:.2f}x); {count * batches / many:.0f} vs {batches / one:.0f} batches/s, data intact")
+
+
+def check_onnxruntime_providers() -> str:
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    return f"onnxruntime {ort.__version__}: {', '.join(providers)}"
 
 
 def _test_model(folder: Path) -> Path:
@@ -241,9 +314,11 @@ def main() -> int:
         set_device(probe.devices[0].index)
         _check(rows, "pinned round trips", lambda: check_round_trips(args.streams))
         _check(rows, "stream overlap", lambda: check_overlap(args.streams))
+        _check(rows, "concurrent instances", lambda: check_instances(args.streams))
+        _check(rows, "onnxruntime providers", check_onnxruntime_providers)
         check_tensorrt(probe, args.streams, rows)
     else:
-        for name in ("pinned round trips", "stream overlap", "tensorrt"):
+        for name in ("pinned round trips", "stream overlap", "concurrent instances", "tensorrt"):
             rows.append((name, "skipped", "no GPU"))
     width = max(len(r[0]) for r in rows)
     print("\ngpu_check")

@@ -34,7 +34,8 @@ MLP_SIZES = (784, 1024, 1024, 10)
 FLOOD_SIZES = (784, 4096, 4096, 10)
 
 
-def _config(delay_us: int, instances: int, threads: int, max_queue: int, preferred: int = 0) -> str:
+def _config(delay_us: int, instances: int, threads: int, max_queue: int, preferred: int = 0,
+            adaptive: bool = True) -> str:
     queue = f" default_queue_policy {{ max_queue_size: {max_queue} }}" if max_queue else ""
     prefer = f" preferred_batch_size: [ {preferred} ]" if preferred else ""
     return (
@@ -42,16 +43,17 @@ def _config(delay_us: int, instances: int, threads: int, max_queue: int, preferr
         f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us}{prefer}{queue} }}\n"
         f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
         f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}\n'
+        f'parameters {{ key: "adaptive_queue_delay" value: {{ string_value: "{str(adaptive).lower()}" }} }}\n'
     )
 
 
 def build_repository(root: Path, delay_us: int, instances: int, threads: int, max_queue: int = 0,
-                     sizes: tuple[int, ...] = MLP_SIZES, preferred: int = 0) -> Path:
+                     sizes: tuple[int, ...] = MLP_SIZES, preferred: int = 0, adaptive: bool = True) -> Path:
     from server.demo.models import build_mlp
 
     model_dir = root / "mlp"
     build_mlp(model_dir / "1" / "model.onnx", sizes)
-    (model_dir / "config.pbtxt").write_text(_config(delay_us, instances, threads, max_queue, preferred))
+    (model_dir / "config.pbtxt").write_text(_config(delay_us, instances, threads, max_queue, preferred, adaptive))
     return root
 
 
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"model": "mlp " + "->".join(map(str, args.sizes)), "levels": []}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
         repo = build_repository(Path(tmp), args.delay_us, args.instances, args.threads, args.max_queue, args.sizes,
-                                args.preferred)
+                                args.preferred, not args.no_adaptive)
         servers: list[ServerProcess] = []
         try:
             tg = start_tensorgate(repo, extra=args.server_arg)
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default=MLP_SIZES, type=lambda s: tuple(int(x) for x in s.split(",")),
                         help="MLP layer widths (default 784,1024,1024,10; compute-bound: 784,4096,4096,10)")
     parser.add_argument("--preferred", type=int, default=0, help="preferred_batch_size (0: none)")
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="adaptive_queue_delay off: always wait out the full queue delay")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads per instance")
     parser.add_argument("--max-queue", type=int, default=0)

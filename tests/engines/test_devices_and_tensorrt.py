@@ -230,3 +230,23 @@ def test_tensorrt_fp16_plan_matches_onnxruntime(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
     instance.close()
     engine.close()
+
+
+def test_gpu_check_reports_every_check() -> None:
+    """bench.gpu_check prints its table last; without a GPU every device check is skipped with the reason, and
+    on a GPU the CUDA layer (round trips, stream overlap, concurrent instances) must pass."""
+    import re
+
+    out = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--streams", "2"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout.split("gpu_check\n", 1)[1]
+    rows = dict(re.findall(r"^  (.+?)\s{2,}(ok|skipped|FAILED)\s", table, re.MULTILINE))
+    for check in ("device discovery", "pinned round trips", "stream overlap", "concurrent instances", "tensorrt"):
+        assert check in rows, table
+    cuda_layer = ("device discovery", "pinned round trips", "stream overlap", "concurrent instances")
+    if PROBE.available:
+        assert all(rows[c] == "ok" for c in cuda_layer), table
+    else:
+        assert set(rows.values()) == {"skipped"}, table
+        assert PROBE.reason in table

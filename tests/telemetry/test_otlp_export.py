@@ -15,8 +15,14 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from telemetry_support import (
+
+# the OTLP exporters are an optional extra: without it these tests have nothing to test
+_EXTRA = "needs the OTLP exporters: pip install 'tensorgate[otlp]'"
+pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", reason=_EXTRA)
+pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter", reason=_EXTRA)
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc  # noqa: E402
+from telemetry_support import (  # noqa: E402
     TRACE_ID,
     TRACEPARENT,
     nobatch_request,
@@ -26,7 +32,7 @@ from telemetry_support import (
     wait_for,
 )
 
-from support import free_port
+from support import free_port  # noqa: E402
 
 
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
