@@ -52,6 +52,11 @@ _PROBE_INTERVAL_NS = 50_000_000  # with adaptive delay off-track, still try wait
 _PAYOFF_FLOOR = 0.25  # below this share of waits that grew a batch, stop waiting
 _QUIET_GAPS = 3  # arrivals have paused after this many typical in-burst gaps...
 _MIN_QUIET_NS = 100_000  # ...and at least this long
+# an instance whose engine runs more than this share of the time is the bottleneck: never idle it (the
+# next batch forms while it runs). Engine time only: hand-offs and GIL waits would count the server's own
+# overhead as engine load, and a batcher that stops waiting makes more of them.
+_SATURATED = 0.75
+_BUSY_WEIGHT = 0.2  # weight of the newest batch in an instance's engine-share average
 
 
 def _flag(config: mc.ModelConfig, key: str, default: bool) -> bool:
@@ -273,8 +278,11 @@ class Scheduler:
                     keep.append(r)
             level.items = keep
 
-    def _take_batch(self, now: int) -> tuple[list[InferRequest], float | None, int]:
-        """Return (batch, 0, rows) to run now, or ([], seconds to wait, rows); None = until notified."""
+    def _take_batch(self, now: int, saturated: bool = False) -> tuple[list[InferRequest], float | None, int]:
+        """Return (batch, 0, rows) to run now, or ([], seconds to wait, rows); None = until notified.
+
+        ``saturated``: the asking instance is busy most of the time (adaptive delay only).
+        """
         batch: list[InferRequest] = []
         rows = 0
         preferred_cut = 0
@@ -317,6 +325,10 @@ class Scheduler:
             self._requeue(batch[preferred_cut:])
             return batch[:preferred_cut], 0, rows
         if self._adaptive:
+            if saturated:
+                # the engine is the bottleneck (a compute-bound model under load): waiting for a fuller
+                # batch idles it and buys nothing, since a batch's cost grows with its rows
+                return batch, 0, rows
             if self._wait_payoff < _PAYOFF_FLOOR:
                 if now - self._last_probe_ns < _PROBE_INTERVAL_NS:
                     return batch, 0, rows
@@ -347,6 +359,9 @@ class Scheduler:
 
     def _work(self, instance: EngineInstance) -> None:
         buffers: dict[Any, npt.NDArray[Any]] = {}  # this instance's batch input buffers
+        busy = 0.0  # this instance's engine share: engine run time / time since its previous batch, averaged
+        last_end = 0
+        backlog = False  # looking at the queue right after a batch: what is there arrived during that run
         while True:
             expired: list[InferRequest] = []
             waited_rows = 0  # rows the batch had when this worker began waiting out the delay
@@ -357,7 +372,9 @@ class Scheduler:
                     if expired:
                         self._pending -= len(expired)
                         break
-                    batch, wait, rows = self._take_batch(now)
+                    # a saturated engine runs its backlog at once; an instance that found the queue empty
+                    # and waited for arrivals is not saturated at the moment, so the usual rules apply
+                    batch, wait, rows = self._take_batch(now, backlog and busy > _SATURATED)
                     if batch:
                         if waited_rows and self._adaptive:
                             grew = 1.0 if rows > waited_rows else 0.0
@@ -365,6 +382,7 @@ class Scheduler:
                         break
                     if self._stopping and not any(self._queues()):
                         return
+                    backlog = False
                     if wait is None:
                         self._idle_waiters += 1
                         self._cond.wait()
@@ -385,7 +403,12 @@ class Scheduler:
                 self.statistics.record_failures(expired, now, "REJECTED")
                 self._deliver(expired)
                 continue
-            self._execute(instance, batch, buffers)
+            run_ns = self._execute(instance, batch, buffers)
+            backlog = True
+            end = _now()
+            if last_end:
+                busy += _BUSY_WEIGHT * (run_ns / max(1, end - last_end) - busy)
+            last_end = end
 
     def _merge(self, batch: list[InferRequest], name: str, buffers: dict[Any, npt.NDArray[Any]] | None) -> npt.NDArray[Any]:
         """One input of a batch along axis 0, into the instance's preallocated buffer when it fits."""
@@ -453,18 +476,23 @@ class Scheduler:
 
     def _execute(
         self, instance: EngineInstance, batch: list[InferRequest], buffers: dict[Any, npt.NDArray[Any]]
-    ) -> None:
+    ) -> int:
+        """Run one batch and hand it on; returns the engine's run time in ns."""
         start = _now()
+        run_ns = 0
         for r in batch:
             r.compute_start_ns = start
         try:
             inputs, names = self._prepare_inputs(batch, buffers)
             input_end = _now()
             results = instance.run(inputs, names)
-            self._finish(batch, results, start, input_end, _now(), buffers)
+            output_start = _now()
+            run_ns = output_start - input_end
+            self._finish(batch, results, start, input_end, output_start, buffers)
         except Exception as exc:  # the batch fails, the instance keeps serving
             self._fail_batch(batch, exc)
         self._complete(batch, threading.current_thread().name)
+        return run_ns
 
     def _complete(self, batch: list[InferRequest], instance: str = "") -> None:
         """An executed batch (succeeded or failed) leaves the scheduler and goes to its sinks."""

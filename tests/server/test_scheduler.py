@@ -486,3 +486,38 @@ def test_deadline_inside_the_queue_delay_is_answered_on_time() -> None:
         assert time.monotonic() - start < 1.0
     assert isinstance(late.error, DeadlineExceededError)
     assert inst.batches == []
+
+
+def test_adaptive_delay_never_idles_a_saturated_engine() -> None:
+    """An engine that runs most of the time is the bottleneck: what queued during its run goes at once.
+
+    A steady stream (one request every 20 ms, so arrivals never pause) against an engine that takes
+    longer per run than the stream needs to fill a batch keeps it saturated. Once runs get shorter and
+    a run ends with a partial batch queued, the batch goes at once instead of waiting for a full one
+    (which would idle the engine while its clients wait). Without the rule every batch would be full.
+    """
+    inst = FakeInstance(sleep=0.1)
+    sink = Collector()
+    stop = threading.Event()
+    with scheduler("dynamic_batching { max_queue_delay_microseconds: 5000000 }", [inst], max_batch_size=4) as s:
+
+        def feed() -> None:
+            i = 0
+            while not stop.is_set():
+                s.submit(request(s, i, sink))
+                i += 1
+                time.sleep(0.02)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            time.sleep(1.2)  # full batches, back to back: the engine is busy ~all the time
+            inst.sleep = 0.05  # now 2-3 requests arrive per run
+            first_short = len(inst.batches)
+            time.sleep(1.2)
+        finally:
+            stop.set()
+            feeder.join()
+    short = [len(b) for b in inst.batches[first_short + 1:-1]]
+    assert len(short) >= 5, inst.batches
+    assert sum(n < 4 for n in short) >= len(short) // 2, f"batches kept waiting for a full batch: {short}"
