@@ -70,6 +70,19 @@ def _add_errors(into: dict[str, ErrorCount], errors: dict[str, ErrorCount]) -> N
         mine.count += e.count
 
 
+def _add_counts(out: WindowSample, s: WindowSample) -> None:
+    """Add one window's counts, latencies and errors into ``out`` (CPU figures are merged by the caller)."""
+    out.requests += s.requests
+    out.inferences += s.inferences
+    out.histogram.merge(s.histogram)
+    _add_errors(out.errors, s.errors)
+    out.sent += s.sent
+    out.late += s.late
+    out.dropped += s.dropped
+    out.send_lag_ns_sum += s.send_lag_ns_sum
+    out.send_lag_ns_max = max(out.send_lag_ns_max, s.send_lag_ns_max)
+
+
 def combine(samples: Sequence[WindowSample]) -> WindowSample:
     """The same window seen by several generator processes: counts add, the wall time is their mean."""
     out = WindowSample(processes=len(samples))
@@ -77,15 +90,7 @@ def combine(samples: Sequence[WindowSample]) -> WindowSample:
         return out
     out.wall_s = sum(s.wall_s for s in samples) / len(samples)
     for s in samples:
-        out.requests += s.requests
-        out.inferences += s.inferences
-        out.histogram.merge(s.histogram)
-        _add_errors(out.errors, s.errors)
-        out.sent += s.sent
-        out.late += s.late
-        out.dropped += s.dropped
-        out.send_lag_ns_sum += s.send_lag_ns_sum
-        out.send_lag_ns_max = max(out.send_lag_ns_max, s.send_lag_ns_max)
+        _add_counts(out, s)
         out.process_cpu.extend(s.process_cpu)
         out.loop_cpu.extend(s.loop_cpu)
     return out
@@ -97,15 +102,7 @@ def merge_windows(windows: Sequence[WindowSample]) -> WindowSample:
     total_wall = sum(w.wall_s for w in windows)
     for w in windows:
         out.wall_s += w.wall_s
-        out.requests += w.requests
-        out.inferences += w.inferences
-        out.histogram.merge(w.histogram)
-        _add_errors(out.errors, w.errors)
-        out.sent += w.sent
-        out.late += w.late
-        out.dropped += w.dropped
-        out.send_lag_ns_sum += w.send_lag_ns_sum
-        out.send_lag_ns_max = max(out.send_lag_ns_max, w.send_lag_ns_max)
+        _add_counts(out, w)
     if windows and total_wall > 0:
         width = min(len(w.process_cpu) for w in windows)
         out.process_cpu = [sum(w.process_cpu[i] * w.wall_s for w in windows) / total_wall for i in range(width)]
