@@ -6,8 +6,12 @@ Model: an MLP 784->1024->1024->10 fp32 built with onnx.helper, max_batch_size 64
 dynamic batching; batch-1 requests with random data; perf_analyzer 2.51 as the
 load generator on this machine. For every concurrency it measures, interleaved:
 the grpc.aio echo, the thread-pool echo (responses of the model's size), and
-tensorgate; then the in-process ONNX Runtime ceiling at batch 1 and at the mean
-batch tensorgate formed. Optional: a memory soak at concurrency 32 and a flood
+tensorgate; and tensorgate serving a no-op model with the MLP's inputs and outputs
+(OUTPUT0 = the first 10 columns of INPUT0), which shows what the server itself costs
+with the engine's work taken away; then the in-process ONNX Runtime ceiling at
+batch 1 and at the mean batch tensorgate formed, on an idle box and again while
+perf_analyzer drives the echo beside it (the cores and memory bandwidth as busy as
+serving makes them). Optional: a memory soak at concurrency 32 and a flood
 far beyond capacity against a bounded queue. Every figure is printed as a ratio
 to a ceiling from the same run: this machine is shared and noisy.
 """
@@ -20,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,11 +53,16 @@ def _config(delay_us: int, instances: int, threads: int, max_queue: int, preferr
 
 
 def build_repository(root: Path, delay_us: int, instances: int, threads: int, max_queue: int = 0,
-                     sizes: tuple[int, ...] = MLP_SIZES, preferred: int = 0, adaptive: bool = True) -> Path:
-    from server.demo.models import build_mlp
+                     sizes: tuple[int, ...] = MLP_SIZES, preferred: int = 0, adaptive: bool = True,
+                     no_op: bool = False) -> Path:
+    """A repository with the model "mlp"; ``no_op``: the same inputs and outputs, no compute."""
+    from server.demo.models import build_first_columns, build_mlp
 
     model_dir = root / "mlp"
-    build_mlp(model_dir / "1" / "model.onnx", sizes)
+    if no_op:
+        build_first_columns(model_dir / "1" / "model.onnx", sizes[0], sizes[-1])
+    else:
+        build_mlp(model_dir / "1" / "model.onnx", sizes)
     (model_dir / "config.pbtxt").write_text(_config(delay_us, instances, threads, max_queue, preferred, adaptive))
     return root
 
@@ -64,6 +74,25 @@ def _ceiling(model_file: Path, batches: list[int], seconds: float, threads: int)
         capture_output=True, text=True, check=True, timeout=600,
     )
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def _ceiling_beside_load(model_file: Path, batch: int, threads: int, echo_url: str, concurrency: int,
+                         mode: str) -> dict[str, float]:
+    """The in-process ceiling while perf_analyzer drives the grpc.aio echo at `concurrency` on this machine.
+
+    Serving shares the cores (and memory bandwidth) with gRPC and the load generator; the echo
+    under the same load stands in for that work, so this is the engine's ceiling on a box as busy
+    as serving makes it.
+    """
+    load = threading.Thread(target=run_perf_analyzer, args=(echo_url, "mlp", concurrency),
+                            kwargs={"window_ms": 8000, "mode": mode, "max_trials": 1})
+    load.start()
+    try:
+        time.sleep(3)  # past perf_analyzer's start and warm-up
+        (result,) = _ceiling(model_file, [batch], 4, threads)
+    finally:
+        load.join()
+    return result
 
 
 def _row(name: str, r: PerfResult, best: float) -> str:
@@ -83,8 +112,9 @@ def _as_dict(r: PerfResult) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"model": "mlp " + "->".join(map(str, args.sizes)), "levels": []}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
-        repo = build_repository(Path(tmp), args.delay_us, args.instances, args.threads, args.max_queue, args.sizes,
-                                args.preferred, not args.no_adaptive)
+        repo_args = (args.delay_us, args.instances, args.threads, args.max_queue, args.sizes, args.preferred,
+                     not args.no_adaptive)
+        repo = build_repository(Path(tmp), *repo_args)
         servers: list[ServerProcess] = []
         try:
             tg = start_tensorgate(repo, extra=args.server_arg)
@@ -93,6 +123,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             servers.append(echo_aio)
             echo_thread = start_echo("thread", tg.url, "mlp")
             servers.append(echo_thread)
+            measured = [("echo grpc.aio", echo_aio), ("echo thread", echo_thread), ("tensorgate", tg)]
+            if not args.no_overhead:
+                tg_no_op = start_tensorgate(build_repository(Path(tmp) / "no-op", *repo_args, no_op=True),
+                                            extra=args.server_arg)
+                servers.append(tg_no_op)
+                measured.append(("tg no-op model", tg_no_op))
             report["server_rss_idle_mb"] = tg.rss_mb()
             print(f"tensorgate pid {tg.pid} idle RSS {report['server_rss_idle_mb']:.0f} MB; "
                   f"window {args.window_ms} ms, mode {args.mode}", flush=True)
@@ -101,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"concurrency {concurrency}", flush=True)
                 results = {}
                 cpu_per_request: dict[str, float] = {}
-                for name, server in (("echo grpc.aio", echo_aio), ("echo thread", echo_thread), ("tensorgate", tg)):
+                for name, server in measured:
                     cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
                     results[name] = r = run_perf_analyzer(server.url, "mlp", concurrency, window_ms=args.window_ms,
                                                           mode=args.mode)
@@ -127,6 +163,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"in-process ONNX Runtime at batch {c['batch']}: {c['infer_per_sec']:.0f} infer/s "
                       f"({c['ms_per_run']:.3f} ms per run); tensorgate at concurrency "
                       f"{args.concurrency[-1]} = {ratio:.2f} of it", flush=True)
+            beside = _ceiling_beside_load(repo / "mlp" / "1" / "model.onnx", mean_batch, args.threads, echo_aio.url,
+                                          args.concurrency[-1], args.mode)
+            beside["tensorgate_ratio"] = best_server / beside["infer_per_sec"] if beside["infer_per_sec"] else 0.0
+            report["in_process_ceiling_beside_load"] = beside
+            print(f"in-process ONNX Runtime at batch {mean_batch} while the echo serves concurrency "
+                  f"{args.concurrency[-1]} beside it: {beside['infer_per_sec']:.0f} infer/s "
+                  f"({beside['ms_per_run']:.3f} ms per run); tensorgate = {beside['tensorgate_ratio']:.2f} of it",
+                  flush=True)
             if args.soak_s:
                 report["soak"] = soak(tg, args.soak_s)
                 print(f"soak: {json.dumps(report['soak'])}", flush=True)
@@ -158,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preferred", type=int, default=0, help="preferred_batch_size (0: none)")
     parser.add_argument("--no-adaptive", action="store_true",
                         help="adaptive_queue_delay off: always wait out the full queue delay")
+    parser.add_argument("--no-overhead", action="store_true",
+                        help="skip tensorgate serving the no-op model (the server-overhead row)")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads per instance")
     parser.add_argument("--max-queue", type=int, default=0)

@@ -4,6 +4,8 @@
   -> OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1.
 * ``build_mlp``: a ReLU MLP, INPUT0 float32 [batch, in] -> OUTPUT0 [batch, out]
   (the throughput benchmark's 784->1024->1024->10).
+* ``build_first_columns``: the MLP's wire signature with no compute, OUTPUT0 = INPUT0[:, :out]
+  (the throughput benchmark's server-overhead probe).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["OPSET", "build_add_sub", "build_mlp", "save_model"]
+__all__ = ["OPSET", "build_add_sub", "build_first_columns", "build_mlp", "save_model"]
 
 OPSET = 17
 _ELEM = {
@@ -83,5 +85,21 @@ def build_mlp(path: Path, sizes: Sequence[int] = (784, 1024, 1024, 10), seed: in
         [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", sizes[0]])],
         [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", sizes[-1]])],
         initializer=inits,
+    )
+    save_model(_model(graph), path)
+
+
+def build_first_columns(path: Path, width_in: int = 784, width_out: int = 10) -> None:
+    """INPUT0 float32 [batch, width_in] -> OUTPUT0 = its first width_out columns: an MLP's I/O, no compute."""
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["INPUT0", "starts", "ends", "axes"], ["OUTPUT0"])],
+        "first_columns",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", width_in])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", width_out])],
+        initializer=[
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "starts"),
+            numpy_helper.from_array(np.array([width_out], dtype=np.int64), "ends"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
     )
     save_model(_model(graph), path)
