@@ -214,6 +214,10 @@ class Scheduler:
             elif self._idle_waiters:
                 self._cond.notify()
 
+    def _quiet_ns(self) -> float:
+        """How long arrivals must pause before the adaptive delay takes the batch to be complete."""
+        return max(_MIN_QUIET_NS, _QUIET_GAPS * self._burst_gap_ns)
+
     def _wake_delayed(self, request: InferRequest) -> bool:
         """After an arrival: must a worker waiting out the queue delay look now?
 
@@ -224,8 +228,7 @@ class Scheduler:
         if self._delay_rows >= self._wake_rows:
             return True
         if self._adaptive and self._burst_gap_ns:
-            enough_ns = max(_MIN_QUIET_NS, _QUIET_GAPS * self._burst_gap_ns)
-            return self._delay_until_ns > request.arrival_ns + enough_ns
+            return self._delay_until_ns > request.arrival_ns + self._quiet_ns()
         return False
 
     def cancel(self, request: InferRequest) -> bool:
@@ -335,7 +338,7 @@ class Scheduler:
                 self._last_probe_ns = now
             if self._burst_gap_ns:
                 quiet_ns = now - self._last_arrival_ns
-                enough_ns = max(_MIN_QUIET_NS, _QUIET_GAPS * self._burst_gap_ns)
+                enough_ns = self._quiet_ns()
                 if quiet_ns >= enough_ns:
                     return batch, 0, rows
                 wait_ns = min(wait_ns, int(enough_ns - quiet_ns) + 1)
