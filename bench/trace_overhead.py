@@ -1,6 +1,6 @@
 """What tracing costs: throughput at concurrency 32 with tracing off, at rate 1, and without tracing code.
 
-    python -m bench.trace_overhead [--window-ms 4000] [--repeats 5] [--delay-us 1000] [--json out.json]
+    python -m tensorgate.bench.trace_overhead [--window-ms 4000] [--repeats 5] [--delay-us 1000] [--json out.json]
 
 Servers run side by side on the MLP repository of bench.throughput
 (784->1024->1024->10, max_batch_size 64, dynamic batching, one ORT instance):
@@ -39,8 +39,8 @@ from typing import Any
 
 import grpc
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .perf_analyzer import run_perf_analyzer
 from .servers import REPO_ROOT, ServerProcess, free_port, start_tensorgate
@@ -72,7 +72,7 @@ def _without_hooks(path: Path) -> tuple[Path, int]:
     """A copy of this tree's packages with the tracing hooks deleted; returns it and how many went."""
     if path.exists():
         shutil.rmtree(path)
-    for package in ("server", "clients", "engines"):
+    for package in ("server", "clients", "engines", "bench"):
         shutil.copytree(REPO_ROOT / package, path / package, ignore=shutil.ignore_patterns("__pycache__"))
     removed = 0
     for name in ("servicer.py", "servicer_sync.py", "scheduler.py", "async_scheduler.py"):
@@ -84,18 +84,41 @@ def _without_hooks(path: Path) -> tuple[Path, int]:
     return path, removed
 
 
+def _namespaced(tree: Path) -> bool:
+    """Whether ``tree`` holds code from after the move under the ``tensorgate`` namespace."""
+    return "from tensorgate." in (tree / "server" / "cli.py").read_text()
+
+
+def _import_root(tree: Path) -> Path:
+    """What PYTHONPATH must name so ``tree``'s packages import: a ``tensorgate/`` of links for namespaced code."""
+    if not _namespaced(tree):
+        return tree
+    root = tree.parent / f"{tree.name}-import-root"
+    (root / "tensorgate").mkdir(parents=True, exist_ok=True)
+    for package in ("server", "clients", "engines", "bench"):
+        link = root / "tensorgate" / package
+        if not link.is_symlink() and (tree / package).exists():
+            link.symlink_to(tree / package, target_is_directory=True)
+    return root
+
+
+def _server_module(tree: Path | None) -> str:
+    return "tensorgate.server" if tree is None or _namespaced(tree) else "server"
+
+
 def _start_from(tree: Path, repo: Path, extra: list[str]) -> ServerProcess:
-    """A server importing its `server` package from ``tree`` (PYTHONPATH, and -P: not from the cwd)."""
+    """A server importing its packages from ``tree`` (PYTHONPATH, and -P: not from the cwd)."""
     port = free_port()
-    cmd = ["env", f"PYTHONPATH={tree}", sys.executable, "-P", "-m", "server", "serve",
+    cmd = ["env", f"PYTHONPATH={_import_root(tree)}", sys.executable, "-P", "-m", _server_module(tree), "serve",
            "--model-repository", str(repo), "--grpc-port", str(port), *extra]
     return ServerProcess(cmd, port, _READY)
 
 
 def _imported_from(tree: Path | None) -> str:
-    """Where `python -m server` imports the package from, started the way the server is (checked, not assumed)."""
-    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else dict(os.environ)
-    cmd = [sys.executable, *(["-P"] if tree else []), "-c", "import server; print(server.__file__)"]
+    """Where the server package is imported from, started the way the server is (checked, not assumed)."""
+    env = {**os.environ, "PYTHONPATH": str(_import_root(tree))} if tree else dict(os.environ)
+    module = _server_module(tree)
+    cmd = [sys.executable, *(["-P"] if tree else []), "-c", f"import {module} as s; print(s.__file__)"]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 

@@ -5,7 +5,7 @@ tensorgate: the inference service (package inference).
 
 Triton's GRPCInferenceService, the KServe v2 / Open Inference Protocol
 superset, field for field: 20 RPCs, every message and number as in
-../shared/spec/protocol.md sections 1.1-1.8. Unmodified tritonclient,
+protos/PROTOCOL.md sections 1.1-1.8. Unmodified tritonclient,
 perf_analyzer and other v2 clients call it. Never renumber.
 """
 

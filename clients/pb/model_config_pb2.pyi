@@ -7,7 +7,7 @@ Field for field Triton's ModelConfig (triton-inference-server/common,
 model_config.proto), so a Triton config.pbtxt parses unchanged with
 protobuf's text format and ModelConfig RPC replies read the same in
 tritonclient and perf_analyzer. Names and numbers are wire facts: never
-renumber. See ../shared/spec/protocol.md section 1.9.
+renumber. See protos/PROTOCOL.md section 1.9.
 """
 
 from collections import abc as _abc

@@ -35,8 +35,8 @@ def test_readme_client_example_embeds_two_sentences(tmp_path: Path) -> None:
         script = tmp_path / "example.py"
         script.write_text(code.replace("127.0.0.1:8001", f"127.0.0.1:{port}"))
         result = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-            env={**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO_ROOT)},
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "HOME": str(home)},
         )
     assert result.returncode == 0, result.stderr
     similarity = float(result.stdout.split(":")[1])
