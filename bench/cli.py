@@ -136,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _error(str(exc))
         return 2
+    if args.plot:
+        from .plot import PlotUnavailable, check_plot_available
+
+        try:
+            check_plot_available()
+        except PlotUnavailable as exc:
+            _error(str(exc))
+            return 2
     try:
         if args.quiet:
             report = asyncio.run(run_bench(config, NullProgress()))

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .report import level_key
+from .report import level_key, print_table
 
 __all__ = ["compare_reports", "main"]
 
@@ -67,5 +67,5 @@ def main(argv: list[str], console: Console | None = None) -> int:
         ea, eb = row["errors"]
         cells.append(f"{'-' if ea is None else ea}/{'-' if eb is None else eb}")
         table.add_row(*cells)
-    console.print(table)
+    print_table(console, table)
     return 0

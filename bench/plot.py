@@ -11,11 +11,25 @@ from typing import Any
 
 from .report import level_key
 
-__all__ = ["PlotUnavailable", "plot_report"]
+__all__ = ["PlotUnavailable", "check_plot_available", "plot_report"]
+
+_MISSING = "--plot needs matplotlib: pip install 'tensorgate[plot]'"
 
 
 class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
+
+
+def check_plot_available() -> None:
+    """Say that matplotlib is missing before a run, not after it.
+
+    Raises:
+        PlotUnavailable: matplotlib cannot be imported.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise PlotUnavailable(_MISSING) from exc
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
@@ -30,7 +44,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise PlotUnavailable("--plot needs matplotlib: pip install 'tensorgate[plot]'") from exc
+        raise PlotUnavailable(_MISSING) from exc
     results = report["results"]
     key = level_key(results[0])[0] if results else "concurrency"
     xs = [r[key] for r in results]

@@ -10,7 +10,21 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["CSV_COLUMNS", "level_key", "print_report", "write_csv", "write_json"]
+__all__ = ["CSV_COLUMNS", "level_key", "print_report", "print_table", "write_csv", "write_json"]
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print at the table's natural width when the console is narrower: never cut or fold a figure."""
+    width = console.width
+    needed = console.measure(table, options=console.options.update_width(10_000)).maximum
+    if needed <= width:
+        console.print(table)
+        return
+    console.width = needed  # rich clamps print(width=) to the console's width, so widen the console itself
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 CSV_COLUMNS = [
     "concurrency", "request_rate", "throughput_infer_per_sec", "throughput_req_per_sec", "p50_ms", "p90_ms",
@@ -92,7 +106,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         cpu = f"{r['client_cpu_cores']:.2f}" + (" SATURATED" if r["client_saturated"] else "")
         cells += [cpu, "yes" if r["stable"] else "no"]
         table.add_row(*cells)
-    console.print(table)
+    print_table(console, table)
     if any(r.get("server") for r in results):
         server = Table(title="server-side, per request (statistics extension)")
         for name in (key.replace("_", " "), "mean batch", "request us", "queue us", "compute input us",
@@ -104,7 +118,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             server.add_row(_num(r[key], 1 if open_loop else 0), _num(s.get("mean_batch"), 2),
                            _num(s.get("server_request_us")), _num(s.get("queue_us")), _num(s.get("compute_input_us")),
                            _num(s.get("compute_infer_us")), _num(s.get("compute_output_us")), _num(overhead))
-        console.print(server)
+        print_table(console, server)
     if any(r.get("ceilings") for r in results):
         ceil = Table(title="throughput as a fraction of the ceilings measured in this run")
         for name in (key.replace("_", " "), "server infer/s", "echo grpc.aio", "ratio", "echo thread", "ratio",
@@ -120,7 +134,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                 _ratio(c.get("ratio_to_ort_batch1")),
                 f"{_num(c.get('ort_mean_batch_infer_per_sec'))} (b{c.get('ort_mean_batch', '-')})",
                 _ratio(c.get("ratio_to_ort_mean_batch")))
-        console.print(ceil)
+        print_table(console, ceil)
     for r in results:
         label = f"{key.replace('_', ' ')} {r[key]:g}"
         if r["client_saturated"]:

