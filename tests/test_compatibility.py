@@ -1,0 +1,73 @@
+"""The README's "Compatibility with Triton" tables say what the running server does, row by row."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+import pytest
+
+from support import REPO_ROOT, RunningServer
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+
+STATUSES = {"supported", "partial", "not supported"}
+
+
+def _table(kind: str) -> dict[str, str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    block = re.search(rf"<!-- compatibility:{kind} -->\n(.*?)<!-- /compatibility:{kind} -->", text, re.S)
+    assert block is not None, f"README has no compatibility:{kind} table"
+    rows: dict[str, str] = {}
+    for line in block.group(1).splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name, status = cells[0].strip("`"), cells[1]
+        assert status in STATUSES, line
+        assert name not in rows, f"{name} listed twice"
+        rows[name] = status
+    return rows
+
+
+def _call(channel: grpc.Channel, method: str) -> grpc.StatusCode:
+    descriptor = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name[method]
+    request_class = getattr(pb, descriptor.input_type.name)
+    response_class = getattr(pb, descriptor.output_type.name)
+    path = f"/inference.GRPCInferenceService/{method}"
+    try:
+        if descriptor.server_streaming:
+            call = channel.stream_stream(path, request_serializer=request_class.SerializeToString,
+                                         response_deserializer=response_class.FromString)
+            for _ in call(iter([request_class()]), timeout=10):
+                break
+        else:
+            channel.unary_unary(path, request_serializer=request_class.SerializeToString,
+                                response_deserializer=response_class.FromString)(request_class(), timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_every_rpc_is_listed_once() -> None:
+    methods = {m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods}
+    assert set(_table("rpc")) == methods
+
+
+@pytest.mark.parametrize("method", sorted(_table("rpc")))
+def test_rpc_row_matches_the_server(server: RunningServer, method: str) -> None:
+    with server.channel() as channel:
+        code = _call(channel, method)
+    if _table("rpc")[method] == "not supported":
+        assert code == grpc.StatusCode.UNIMPLEMENTED, f"{method} answers {code}: the README says not supported"
+    else:
+        assert code != grpc.StatusCode.UNIMPLEMENTED, f"{method} is UNIMPLEMENTED: the README says it works"
+
+
+def test_extension_rows_match_server_metadata(server: RunningServer) -> None:
+    from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+
+    with server.channel() as channel:
+        advertised = set(pb_grpc.GRPCInferenceServiceStub(channel).ServerMetadata(pb.ServerMetadataRequest())
+                         .extensions)
+    table = _table("extension")
+    assert advertised <= set(table), f"advertised but not in the README: {advertised - set(table)}"
+    for name, status in table.items():
+        assert (status != "not supported") == (name in advertised), name
