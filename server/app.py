@@ -16,6 +16,7 @@ from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .registry import ModelRegistry
 from .settings import ServerSettings
+from .shm import SharedMemoryRegions
 from .telemetry.hub import Telemetry
 from .transport import make_transport
 
@@ -34,7 +35,8 @@ class InferenceServer:
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
-        self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)
+        self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry,
+                               SharedMemoryRegions(settings.allow_client_shm))
         self._transport = make_transport(settings.grpc_flavor, self.plane, settings.grpc_threads)
         self._serving = False
         self.port = 0
@@ -84,6 +86,7 @@ class InferenceServer:
         await self._transport.stop(grace)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
+        self.plane.shm.close()  # nothing stays mapped
         self._serving = False
 
     def summary(self) -> list[str]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
-from .telemetry.options import add_telemetry_flags, telemetry_settings_from_args
+from .telemetry.options import _bool, add_telemetry_flags, telemetry_settings_from_args
 
 __all__ = ["build_parser", "main"]
 
@@ -104,6 +104,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=int,
         default=int(_env("LOG_VERBOSE", "0") or 0),
         help="verbose logging level: 0 = info (default), 1 or more = debug",
+    )
+    p.add_argument(
+        "--allow-client-shm",
+        type=_bool,
+        default=_bool(_env("ALLOW_CLIENT_SHM", "false") or "false"),
+        metavar="BOOL",
+        help="let clients register system shared-memory regions (Triton's system_shared_memory extension; "
+        "default false: a registered region lets a client read and write the server user's shm objects)",
     )
     add_telemetry_flags(p)  # --trace-config, --metrics-port, --allow-metrics, --log-format, ...
     p.set_defaults(handler=_serve)
@@ -208,6 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_threads=args.grpc_threads,
         reuse_port=args.reuse_port or args.workers > 1,
         telemetry=telemetry,
+        allow_client_shm=args.allow_client_shm,
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))

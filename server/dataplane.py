@@ -18,6 +18,7 @@ from tensorgate.clients.pb import grpc_service_pb2 as pb
 from .errors import InvalidArgumentError, NotFoundError, ServerError
 from .registry import ModelRegistry
 from .request import InferRequest
+from .shm import SharedMemoryRegions
 from .telemetry.hub import Telemetry
 from .wire import decode_request
 
@@ -32,6 +33,7 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
     "statistics",
+    "system_shared_memory",
     "trace",
 )
 
@@ -47,9 +49,11 @@ class DataPlane:
     """Answers every implemented RPC from the registry."""
 
     def __init__(
-        self, registry: ModelRegistry, strict_readiness: bool = False, telemetry: Telemetry | None = None
+        self, registry: ModelRegistry, strict_readiness: bool = False, telemetry: Telemetry | None = None,
+        shm: SharedMemoryRegions | None = None,
     ) -> None:
         self.registry = registry
+        self.shm = shm or SharedMemoryRegions()
         self.strict_readiness = strict_readiness
         self.accepting = False  # set by the app: started and not draining
         self._version = server_version()
@@ -124,6 +128,35 @@ class DataPlane:
                 response.model_stats.append(mv.scheduler.statistics.to_pb(mv.name, mv.version_str))
         return response
 
+    # ---- system shared memory ---------------------------------------------------------
+
+    def shm_status(self, name: str) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for info in self.shm.status(name):
+            response.regions[info.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=info.name, key=info.key, offset=info.offset, byte_size=info.byte_size))
+        return response
+
+    def shm_register(self, request: pb.SystemSharedMemoryRegisterRequest) -> pb.SystemSharedMemoryRegisterResponse:
+        self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def shm_unregister(self, name: str) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.shm.unregister(name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    # CUDA regions cannot be registered (no CUDA IPC path yet), so there are never any: status lists none and
+    # unregister has nothing to do. perf_analyzer's cleanup unregisters CUDA regions too, and fails when this
+    # answers UNIMPLEMENTED.
+
+    def cuda_shm_status(self, name: str) -> pb.CudaSharedMemoryStatusResponse:
+        if name:
+            raise NotFoundError(f"unable to find cuda shared memory region: '{name}'")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    def cuda_shm_unregister(self, name: str) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     # ---- inference ---------------------------------------------------------------
 
     def prepare(self, request: pb.ModelInferRequest, time_remaining: float | None = None) -> InferRequest:
@@ -135,7 +168,7 @@ class DataPlane:
         """
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
-        prepared = decode_request(mv, request, arrival)
+        prepared = decode_request(mv, request, arrival, self.shm)
         if time_remaining is not None:
             prepared.deadline_ns = arrival + int(time_remaining * 1e9)
         return prepared

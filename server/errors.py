@@ -4,6 +4,7 @@ Exception tree (gRPC status in brackets)::
 
     ServerError                    [INTERNAL, generic message to the client]
     ├── NotFoundError              [NOT_FOUND]          unknown model or version
+    ├── AlreadyExistsError         [ALREADY_EXISTS]     a shared-memory region name already registered
     ├── InvalidArgumentError       [INVALID_ARGUMENT]   a request that cannot be right
     ├── UnavailableError           [UNAVAILABLE]        model not ready, server shutting down
     │   └── QueueFullError         [UNAVAILABLE]        the model's queue is at max_queue_size
@@ -20,6 +21,7 @@ must never carry internals.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyExistsError",
     "CancelledError",
     "DeadlineExceededError",
     "InternalError",
@@ -42,6 +44,10 @@ class ServerError(Exception):
 
 
 class NotFoundError(ServerError):
+    public = True
+
+
+class AlreadyExistsError(ServerError):
     public = True
 
 

@@ -20,9 +20,18 @@ if TYPE_CHECKING:
 __all__ = ["CompletionSink", "InferRequest", "RequestedOutput"]
 
 
+class ShmWindow(NamedTuple):
+    """Where a tensor lives in a registered shared-memory region (Triton's shared_memory_* parameters)."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
 class RequestedOutput(NamedTuple):
     name: str
     classification: int  # top-k classes as BYTES "value:index[:label]"; 0 = the tensor itself
+    shm: ShmWindow | None = None  # write the output there instead of into the response
 
 
 class CompletionSink(Protocol):

@@ -21,6 +21,7 @@ from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
 from .errors import (
+    AlreadyExistsError,
     CancelledError,
     DeadlineExceededError,
     InvalidArgumentError,
@@ -40,6 +41,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -52,12 +54,7 @@ _INTERNAL_MESSAGE = "internal error; the server log has the details"
 UNIMPLEMENTED_FEATURES = {
     "RepositoryModelLoad": "model control (RepositoryModelLoad)",
     "RepositoryModelUnload": "model control (RepositoryModelUnload)",
-    "SystemSharedMemoryStatus": "the system shared-memory extension",
-    "SystemSharedMemoryRegister": "the system shared-memory extension",
-    "SystemSharedMemoryUnregister": "the system shared-memory extension",
-    "CudaSharedMemoryStatus": "the CUDA shared-memory extension",
     "CudaSharedMemoryRegister": "the CUDA shared-memory extension",
-    "CudaSharedMemoryUnregister": "the CUDA shared-memory extension",
 }
 
 
@@ -205,7 +202,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return encode_response(await self._infer(request, context))
+        return encode_response(await self._infer(request, context), self._plane.shm)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -224,7 +221,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 done = await self._infer(request, context)
-                outbox.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(done)))
+                outbox.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(done, self._plane.shm)))
             except asyncio.CancelledError:
                 raise
             except (ServerError, Exception) as exc:
@@ -272,23 +269,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "RepositoryModelUnload")
 
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "SystemSharedMemoryStatus")
+    @_unary
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        return self._plane.shm_status(request.name)
 
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "SystemSharedMemoryRegister")
+    @_unary
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        return self._plane.shm_register(request)
 
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "SystemSharedMemoryUnregister")
+    @_unary
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        return self._plane.shm_unregister(request.name)
 
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "CudaSharedMemoryStatus")
+    @_unary
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        return self._plane.cuda_shm_status(request.name)
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "CudaSharedMemoryRegister")
 
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "CudaSharedMemoryUnregister")
+    @_unary
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return self._plane.cuda_shm_unregister(request.name)
 
     # ---- trace and logging extensions ------------------------------------------------------
 

@@ -120,7 +120,7 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self._tracer.end(prepared)
             if prepared.error is not None:
                 raise prepared.error
-            return encode_response(prepared)
+            return encode_response(prepared, self._plane.shm)
         except Exception as exc:
             _abort(context, exc, request.id)
             raise  # unreachable: abort raises
@@ -167,7 +167,7 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     _abort(context, error, getattr(request, "id", ""))
                 yield stream_error_response(request, error, failure_trace_id(error, context))
             else:
-                yield pb.ModelStreamInferResponse(infer_response=encode_response(request))
+                yield pb.ModelStreamInferResponse(infer_response=encode_response(request, self._plane.shm))
 
     def _unimplemented(self, context: Any, rpc: str) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet")
@@ -178,23 +178,33 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         return self._unimplemented(context, "RepositoryModelUnload")
 
-    def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "SystemSharedMemoryStatus")
+    def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        return self._call(context, self._plane.shm_status, request.name)  # type: ignore[no-any-return]
 
-    def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "SystemSharedMemoryRegister")
+    def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        return self._call(context, self._plane.shm_register, request)  # type: ignore[no-any-return]
 
-    def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "SystemSharedMemoryUnregister")
+    def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        return self._call(context, self._plane.shm_unregister, request.name)  # type: ignore[no-any-return]
 
-    def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "CudaSharedMemoryStatus")
+    def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        return self._call(context, self._plane.cuda_shm_status, request.name)  # type: ignore[no-any-return]
 
     def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         return self._unimplemented(context, "CudaSharedMemoryRegister")
 
-    def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "CudaSharedMemoryUnregister")
+    def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return self._call(context, self._plane.cuda_shm_unregister, request.name)  # type: ignore[no-any-return]
 
     def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
         return self._call(context, self._plane.telemetry.trace_setting, request)  # type: ignore[no-any-return]

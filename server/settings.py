@@ -44,6 +44,8 @@ class ServerSettings:
             (default <cache_dir>/engines).
         engine_cache_max_bytes: the engine cache's size bound; least recently used entries go first.
         telemetry: traces (--trace-config), the metrics endpoint and log format (server.telemetry).
+        allow_client_shm: let clients register system shared-memory regions (off by default: a region lets
+            a client read and write shm objects the server's user can open).
     """
 
     model_repository: Path | None = None
@@ -61,6 +63,7 @@ class ServerSettings:
     engine_cache_dir: Path | None = None
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    allow_client_shm: bool = False
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -18,10 +18,11 @@ from tensorgate.clients.codec import CodecError, contents_to_numpy, numpy_to_raw
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from .errors import InvalidArgumentError
-from .request import InferRequest, RequestedOutput
+from .request import InferRequest, RequestedOutput, ShmWindow
 
 if TYPE_CHECKING:
     from .model import ModelVersion, TensorInfo
+    from .shm import SharedMemoryRegions
 
 __all__ = ["TRITON_ACCEPTED_PARAMETERS", "decode_request", "encode_response"]
 
@@ -58,6 +59,27 @@ def _check_shape(model: ModelVersion, info: TensorInfo, shape: tuple[int, ...]) 
     return batch
 
 
+def _shm_window(model: ModelVersion, what: str, params: Any,
+                shm: SharedMemoryRegions | None) -> ShmWindow | None:
+    """The shared_memory_* parameters of a tensor (protocol.md 1.5), checked; None when it has none."""
+    if not params or not any(key in params for key in _SHM_KEYS):
+        return None
+    if shm is None:
+        raise _bad(model, f"{what}: shared memory is not supported by this server")
+    region = params.get("shared_memory_region")
+    if region is None or region.WhichOneof("parameter_choice") != "string_param":
+        raise _bad(model, f"{what}: 'shared_memory_region' must be given as a string when shared memory is used")
+    size = params.get("shared_memory_byte_size")
+    if size is None or size.WhichOneof("parameter_choice") not in ("int64_param", "uint64_param"):
+        raise _bad(model, f"{what}: 'shared_memory_byte_size' must be given as an int64")
+    offset = params.get("shared_memory_offset")
+    start = 0
+    if offset is not None:
+        start = _int_parameter(model, "shared_memory_offset", offset, signed_ok=True)
+    byte_size = _int_parameter(model, "shared_memory_byte_size", size, signed_ok=True)
+    return ShmWindow(region.string_param, start, byte_size)
+
+
 def _int_parameter(model: ModelVersion, key: str, param: pb.InferParameter, signed_ok: bool) -> int:
     which = param.WhichOneof("parameter_choice")
     if which == "int64_param" and signed_ok:
@@ -91,7 +113,8 @@ def _apply_parameters(model: ModelVersion, request: pb.ModelInferRequest, out: I
             out.parameters[key] = getattr(param, which) if which else None
 
 
-def _requested_outputs(model: ModelVersion, request: pb.ModelInferRequest) -> list[RequestedOutput]:
+def _requested_outputs(model: ModelVersion, request: pb.ModelInferRequest,
+                       shm: SharedMemoryRegions | None) -> list[RequestedOutput]:
     if not request.outputs:
         return [RequestedOutput(name, 0) for name in model.outputs]
     wanted: list[RequestedOutput] = []
@@ -103,18 +126,23 @@ def _requested_outputs(model: ModelVersion, request: pb.ModelInferRequest) -> li
             raise _bad(model, f"output '{out.name}' is requested twice")
         seen.add(out.name)
         k = 0
+        window = None
         params = out.parameters
         if params:
-            if any(key in params for key in _SHM_KEYS):
-                raise _bad(model, f"output '{out.name}': shared memory is not supported by this server")
+            window = _shm_window(model, f"output '{out.name}'", params, shm)
             if "classification" in params:
                 k = _int_parameter(model, "classification", params["classification"], signed_ok=True)
-        wanted.append(RequestedOutput(out.name, k))
+        wanted.append(RequestedOutput(out.name, k, window))
     return wanted
 
 
-def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: int) -> InferRequest:
-    """Check a ModelInferRequest against the model and turn it into an InferRequest."""
+def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: int,
+                   shm: SharedMemoryRegions | None = None) -> InferRequest:
+    """Check a ModelInferRequest against the model and turn it into an InferRequest.
+
+    Inputs in a shared-memory region (``shm``) are copied out here, so the request never holds a view of a
+    mapping that the client may unregister.
+    """
     tensors = request.inputs
     if not tensors:
         raise _bad(model, f"the request has no inputs; expected {list(model.inputs)}")
@@ -132,8 +160,7 @@ def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: i
             raise _bad(model, f"input '{name}' is given twice")
         if tensor.datatype != info.datatype:
             raise _bad(model, f"input '{name}' has datatype {tensor.datatype}, expected {info.datatype}")
-        if tensor.parameters and any(key in tensor.parameters for key in _SHM_KEYS):
-            raise _bad(model, f"input '{name}': shared memory is not supported by this server")
+        window = _shm_window(model, f"input '{name}'", tensor.parameters, shm) if tensor.parameters else None
         shape = tuple(tensor.shape)
         rows = _check_shape(model, info, shape)
         if batch_size == -1:
@@ -141,7 +168,17 @@ def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: i
         elif rows != batch_size:
             raise _bad(model, f"input '{name}' has batch size {rows}, other inputs have {batch_size}")
         try:
-            if tensor.HasField("contents"):
+            if window is not None:
+                assert shm is not None
+                if tensor.HasField("contents"):
+                    raise _bad(model, f"input '{name}' has both typed contents and a shared memory region")
+                size = info.element_size
+                if size and window.byte_size != math.prod(shape) * size:  # checked before anything is read
+                    raise _bad(model, f"input '{name}': shared_memory_byte_size {window.byte_size} does not match "
+                                      f"shape {list(shape)} of {info.datatype} ({math.prod(shape) * size} bytes)")
+                data = shm.read(window.region, window.offset, window.byte_size)
+                array = raw_to_numpy(data, info.datatype, shape)
+            elif tensor.HasField("contents"):
                 if raw_count:
                     raise _bad(
                         model,
@@ -179,7 +216,7 @@ def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: i
             raise _bad(model, f"missing input(s) {missing}; the model needs {list(model.inputs)}")
     merge_key = tuple((n, a.shape[1:]) for n, a in arrays.items()) if model.batching else ()
     out = InferRequest(
-        model, request.id, arrays, _requested_outputs(model, request), batch_size, merge_key, now_ns
+        model, request.id, arrays, _requested_outputs(model, request, shm), batch_size, merge_key, now_ns
     )
     if request.parameters:
         _apply_parameters(model, request, out)
@@ -202,14 +239,17 @@ def _classify(values: npt.NDArray[Any], k: int, labels: list[str] | None, batchi
     return out if batching else out.reshape(k)
 
 
-def encode_response(request: InferRequest) -> pb.ModelInferResponse:
-    """Build the response: one raw_output_contents entry per output, in request order."""
+def encode_response(request: InferRequest, shm: SharedMemoryRegions | None = None) -> pb.ModelInferResponse:
+    """Build the response: one raw_output_contents entry per output, in request order.
+
+    An output requested into a shared-memory region is copied there and its raw entry left empty (Triton's rule).
+    """
     model = request.model
     results = request.outputs
     assert results is not None
     tensors = []
     raws = []
-    for name, k in request.requested:
+    for name, k, window in request.requested:
         info = model.outputs[name]
         array = results[name]
         if info.reshape is not None:
@@ -219,7 +259,11 @@ def encode_response(request: InferRequest) -> pb.ModelInferResponse:
             array = _classify(array, k, model.labels.get(name), model.batching)
             datatype = "BYTES"
         tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape))
-        raws.append(numpy_to_raw(array, datatype))
+        if window is not None and shm is not None:
+            shm.write(window.region, window.offset, window.byte_size, numpy_to_raw(array, datatype))
+            raws.append(b"")
+        else:
+            raws.append(numpy_to_raw(array, datatype))
     return pb.ModelInferResponse(
         model_name=model.name,
         model_version=model.version_str,

@@ -7,6 +7,7 @@ A wheel is built from this checkout and installed into a fresh venv with no extr
 from __future__ import annotations
 
 import email.parser
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,7 +35,12 @@ print("sum", int(result.as_numpy("OUTPUT0").sum()))
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO_ROOT)],
+    # build from a copy: setuptools writes build/ into the source tree, and a stale build/lib there would
+    # put modules deleted since into later wheels
+    source = tmp_path_factory.mktemp("source") / "tensorgate"
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
                    check=True, capture_output=True, timeout=600)
     (path,) = out.glob("tensorgate-*.whl")
     return path

@@ -83,5 +83,6 @@ def interop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def interop_server(interop_env: InteropEnv, interop_repository: Path) -> Iterator[InteropServer]:
-    with serve_subprocess(interop_repository) as (proc, port):
+    # client shared memory on: test_shared_memory drives the extension with tritonclient and perf_analyzer
+    with serve_subprocess(interop_repository, "--allow-client-shm", "true") as (proc, port):
         yield InteropServer(proc, port)
