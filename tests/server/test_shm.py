@@ -220,3 +220,16 @@ def test_regions_are_off_by_default(server: RunningServer, segment: shared_memor
         assert code == grpc.StatusCode.UNAVAILABLE and "--allow-client-shm true" in message
         code, _ = _code(stub.ModelInfer, _request("r"))
         assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_bench_shm_compare_drives_both_paths(tmp_path: Path) -> None:
+    from tensorgate.bench.shm_compare import _window, build_repository
+
+    repo = build_repository(tmp_path / "repo")
+    handle = RunningServer(repo, allow_client_shm=True).start()
+    try:
+        for shm in ("none", "system"):
+            result = _window(handle.url, "image", 1, shm, 300, tmp_path / f"{shm}.json")
+            assert result["throughput_infer_per_sec"] > 0 and result["errors"] == 0
+    finally:
+        handle.stop()
