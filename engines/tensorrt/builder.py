@@ -60,6 +60,8 @@ class BuildOptions:
             "SAME_COMPUTE_CAPABILITY".
         profile_copies: identical copies of the profile in the plan, one per concurrent execution context
             on a GPU (``profiles.assign_profiles``).
+        detailed_profiling: ``ProfilingVerbosity.DETAILED``, so the engine inspector shows each layer's
+            tactic and formats (``tensorgate doctor --full`` checks INT8 kernels with it).
     """
 
     profiles: tuple[InputProfile, ...] = field(default_factory=tuple)
@@ -67,6 +69,7 @@ class BuildOptions:
     optimization_level: int = DEFAULT_OPT_LEVEL
     hardware_compatibility: str = "NONE"
     profile_copies: int = 1
+    detailed_profiling: bool = False
 
     def __post_init__(self) -> None:
         if self.hardware_compatibility not in HARDWARE_COMPATIBILITY_LEVELS:
@@ -84,6 +87,7 @@ class BuildOptions:
             "workspace_bytes": self.workspace_bytes,
             "optimization_level": self.optimization_level,
             "hardware_compatibility": self.hardware_compatibility,
+            **({"detailed_profiling": True} if self.detailed_profiling else {}),
         }
 
 
@@ -209,6 +213,8 @@ def build_plan(trt: Any, logger: Any, onnx_path: Path, options: BuildOptions, ti
                                hasattr(config, "hardware_compatibility_level"), options.hardware_compatibility)
         if level is not None:
             config.hardware_compatibility_level = level
+        if options.detailed_profiling:
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         if options.profiles:
             for _ in range(options.profile_copies):  # one per concurrent execution context
                 profile = builder.create_optimization_profile()
