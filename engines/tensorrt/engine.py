@@ -110,7 +110,11 @@ class TensorRTInstance:
                 if self._context is None:
                     raise EngineLoadError(f"TensorRT could not create an execution context on GPU {gpu}: "
                                           f"{logged_errors(errors)}")
-                if not self._context.set_optimization_profile_async(profile_index, self._stream.ptr):
+                try:  # the binding raises RuntimeError where the C++ call returns false
+                    selected = self._context.set_optimization_profile_async(profile_index, self._stream.ptr)
+                except RuntimeError:
+                    selected = False
+                if not selected:
                     raise EngineLoadError(f"TensorRT refused optimization profile {profile_index} on GPU {gpu}: "
                                           f"{logged_errors(errors)}")
             self._buffers = InstanceBuffers(plans)
@@ -267,7 +271,11 @@ class TensorRTEngine:
                     if not scratch.set_input_shape(name, shape):
                         raise EngineLoadError(f"TensorRT refused the profile maximum {list(shape)} of '{name}': "
                                               f"{logged_errors(errors)}")
-                unresolved = list(scratch.infer_shapes())
+                try:
+                    unresolved = list(scratch.infer_shapes())
+                except RuntimeError as exc:  # a negative status from inferShapes
+                    raise EngineLoadError(f"TensorRT cannot infer output shapes ({exc}): "
+                                          f"{logged_errors(errors)}") from exc
                 if unresolved:
                     raise EngineLoadError(f"TensorRT cannot infer output shapes; unresolved tensors {unresolved}: "
                                           f"{logged_errors(errors)}")

@@ -44,16 +44,23 @@ def _cosine(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float:
     return float(np.min(np.sum(a2 * b2, 1) / (np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1) + 1e-30)))
 
 
+_NOT_COMPUTE = ("reformat", "quantize", "shuffle", "noop", "scale", "cast")
+
+
 def int8_layers(inspector_json: str) -> tuple[int, int]:
-    """(layers with an Int8 input or output format, all layers) from the engine inspector's JSON."""
+    """(compute layers reading Int8 inputs, all layers) from the engine inspector's JSON (DETAILED verbosity).
+
+    Reformat and Q/DQ layers carry Int8 formats whatever kernels were chosen, so only layers that compute
+    (GEMM, convolution, ...) on Int8 inputs count as INT8 kernels.
+    """
     layers = json.loads(inspector_json).get("Layers", [])
     int8 = 0
     for layer in layers:
         if not isinstance(layer, dict):
             continue
-        formats = [str(t.get("Format/Datatype", "")) for key in ("Inputs", "Outputs") for t in layer.get(key, [])
-                   if isinstance(t, dict)]
-        int8 += any("int8" in f.lower() for f in formats)
+        kind = str(layer.get("LayerType", "")).lower()
+        formats = [str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []) if isinstance(t, dict)]
+        int8 += any("int8" in f.lower() for f in formats) and not any(k in kind for k in _NOT_COMPUTE)
     return int8, len(layers)
 
 

@@ -238,4 +238,14 @@ def test_tensorrt_fp16_plan_matches_onnxruntime(tmp_path: Path) -> None:
     got = instance.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"]
     np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
     instance.close()
+    instance.close()  # a second close is harmless; the closed instance refuses work instead of touching freed memory
+    from engines import EngineRunError
+
+    with pytest.raises(EngineRunError, match="closed"):
+        instance.run({"INPUT0": x}, ["OUTPUT0"])
+    again = engine.create_instance()  # the closed instance's profile is free again
+    np.testing.assert_allclose(again.run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"], want, atol=2e-2, rtol=2e-2)
+    with pytest.raises(EngineLoadError, match="no profile is free"):
+        engine.create_instance()
+    again.close()
     engine.close()

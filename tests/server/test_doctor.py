@@ -73,11 +73,15 @@ def test_a_cuda_bindings_major_that_does_not_match_tensorrts_is_named() -> None:
 
 def test_int8_kernels_are_read_from_the_inspector_json() -> None:
     info = {"Layers": [
-        {"Name": "gemm0", "Inputs": [{"Format/Datatype": "Int8 NC/32HW32"}], "Outputs": [{"Format/Datatype": "Half"}]},
-        {"Name": "softmax", "Inputs": [{"Format/Datatype": "Half"}], "Outputs": [{"Format/Datatype": "Float"}]},
+        {"Name": "fc0", "LayerType": "CaskGemmMatrixMultiply", "Inputs": [{"Format/Datatype": "Int8 NC/32HW32"}],
+         "Outputs": [{"Format/Datatype": "Half"}]},
+        {"Name": "q", "LayerType": "Reformat", "Inputs": [{"Format/Datatype": "Int8"}], "Outputs": []},
+        {"Name": "dq", "LayerType": "Dequantize", "Inputs": [{"Format/Datatype": "Int8"}], "Outputs": []},
+        {"Name": "softmax", "LayerType": "Softmax", "Inputs": [{"Format/Datatype": "Half"}],
+         "Outputs": [{"Format/Datatype": "Float"}]},
         "a layer name only (LAYER_NAMES_ONLY verbosity)",
     ], "Bindings": ["INPUT0", "OUTPUT0"]}
-    assert int8_layers(json.dumps(info)) == (1, 3)
+    assert int8_layers(json.dumps(info)) == (1, 5)
     assert int8_layers(json.dumps({"Layers": []})) == (0, 0)
 
 
