@@ -142,14 +142,19 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=_build)
 
 
-def _build(args: argparse.Namespace) -> int:
-    from .build import run_build
-
+def _tool_logging(verbose: int) -> None:
+    """`build` and `doctor`: 0 = warnings only, 1 = info, 2 = debug."""
     logging.basicConfig(
-        level={0: logging.WARNING, 1: logging.INFO}.get(args.log_verbose, logging.DEBUG),
+        level={0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import run_build
+
+    _tool_logging(args.log_verbose)
     cache = args.engine_cache_dir or (args.cache_dir or default_cache_dir()) / "engines"
     return run_build(args.model_repository, args.model, cache, int(args.engine_cache_max_gb * 2**30))
 
@@ -172,11 +177,7 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import table
 
-    logging.basicConfig(
-        level={0: logging.WARNING, 1: logging.INFO}.get(args.log_verbose, logging.DEBUG),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _tool_logging(args.log_verbose)
     text, status = table(args.full, max(1, args.instances))
     print(text)
     return status
