@@ -260,7 +260,8 @@ def prepare_trt_plan(
     from .runtime import load_tensorrt, make_logger
 
     trt = load_tensorrt()
-    if str(trt.__version__) != tensorrt.version:
+    imported = str(trt.__version__)
+    if not (imported.startswith(tensorrt.version) or tensorrt.version.startswith(imported)):
         raise EngineLoadError(f"the imported TensorRT is {trt.__version__}, but the installed distribution "
                               f"{tensorrt.name} is {tensorrt.version}: reinstall one TensorRT")
     fields = trt_plan_fields(artifact.key, device, tensorrt, options)
