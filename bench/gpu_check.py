@@ -1,4 +1,4 @@
-"""``python -m bench.gpu_check``: kept for old instructions; the GPU self-check is ``tensorgate doctor --full``.
+"""``python -m tensorgate.bench.gpu_check``: kept for old instructions; the GPU self-check is ``tensorgate doctor --full``.
 
 The checks live in ``server.doctor`` (an engine check, not a load test); this
 module only forwards to it, so bench code that wants the rows can import
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from server.doctor import run_doctor, table
+from tensorgate.server.doctor import run_doctor, table
 
 __all__ = ["main", "run_doctor"]
 

@@ -22,21 +22,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients.pb import model_config_pb2 as mc
-from engines import Engine, TensorSpec
-from engines.accuracy import AccuracyReport
-from engines.cache import DEFAULT_MAX_BYTES, EngineCache
-from engines.devices import GpuProbe, gpu_fingerprint, probe_gpus
-from engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
-from engines.pipeline import (
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import Engine, TensorSpec
+from tensorgate.engines.accuracy import AccuracyReport
+from tensorgate.engines.cache import DEFAULT_MAX_BYTES, EngineCache
+from tensorgate.engines.devices import GpuProbe, gpu_fingerprint, probe_gpus
+from tensorgate.engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
+from tensorgate.engines.pipeline import (
     ArtifactResult,
     EngineResult,
     ort_options_for_cached,
     prepare_artifact,
     prepare_ort_engine,
 )
-from engines.precision import PrecisionSpec
-from engines.tensorrt import (
+from tensorgate.engines.precision import PrecisionSpec
+from tensorgate.engines.tensorrt import (
     BuildOptions,
     TrtDistribution,
     compute_profiles,
@@ -207,7 +207,7 @@ def _cache(settings: EngineSettings, needed: bool) -> EngineCache | None:
 def _input_specs(model_file: Path) -> list[TensorSpec]:
     import onnx
 
-    from engines.precision import model_inputs
+    from tensorgate.engines.precision import model_inputs
 
     model = onnx.load(str(model_file), load_external_data=False)
     return [TensorSpec(name, dtype.name, dims) for name, dtype, dims in model_inputs(model)]
@@ -226,7 +226,7 @@ def _tensorrt(probe: GpuProbe) -> TrtDistribution:
 def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path, config: mc.ModelConfig,
                  options: EngineOptions, placement: Placement, probe: GpuProbe,
                  progress: Progress | None) -> tuple[list[EngineResult], dict[int, Path], BuildOptions]:
-    from engines.tensorrt import prepare_trt_plan
+    from tensorgate.engines.tensorrt import prepare_trt_plan
 
     inputs = _input_specs(model_file)
     profiles = compute_profiles(
@@ -308,8 +308,8 @@ def _describe(name: str, version: int, prepared: Prepared) -> tuple[str, dict[st
 
 def _gate_plan(engine: Engine, model_file: Path, config: mc.ModelConfig, prepared: Prepared) -> AccuracyReport | None:
     """Measure the loaded plan itself against fp32 and refuse it over the model's thresholds."""
-    from engines.accuracy import check_gate
-    from engines.precision import measure_loaded
+    from tensorgate.engines.accuracy import check_gate
+    from tensorgate.engines.precision import measure_loaded
 
     options = parse_engine_options(config)
     spec = prepared.artifact.spec
@@ -327,7 +327,7 @@ def _gate_plan(engine: Engine, model_file: Path, config: mc.ModelConfig, prepare
 
 def _load_gpu(name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
               first: Prepared) -> LoadedEngine:
-    from engines.tensorrt import StalePlanError, TensorRTEngine, load_with_rebuild
+    from tensorgate.engines.tensorrt import StalePlanError, TensorRTEngine, load_with_rebuild
 
     attempts = iter([first])
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from engines.devices import GpuProbe, probe_gpus
+from tensorgate.engines.devices import GpuProbe, probe_gpus
 
 from .report import FAILED, OK, SKIPPED, Row, failed, render, run_check
 
@@ -29,9 +29,9 @@ _TRT_FULL = ("tensorrt plans (mlp, minilm x FP32, FP16, INT8 static)", "tensorrt
 
 def _artifacts(folder: Path) -> str:
     """The precision pipeline on the CPU: FP16 and INT8 (over fp16) artifacts of the MLP, through the gate."""
-    from engines.accuracy import AccuracyThresholds
-    from engines.cache import EngineCache
-    from engines.pipeline import prepare_artifact
+    from tensorgate.engines.accuracy import AccuracyThresholds
+    from tensorgate.engines.cache import EngineCache
+    from tensorgate.engines.pipeline import prepare_artifact
 
     from .models import mlp_case
     from .tensorrt_checks import PRECISIONS
@@ -57,7 +57,7 @@ def run_doctor(full: bool = False, instances: int = 4, probe: GpuProbe | None = 
     Returns:
         The rows and footer lines (what could not be checked, and why).
     """
-    from engines.tensorrt import installed_tensorrt
+    from tensorgate.engines.tensorrt import installed_tensorrt
 
     from .cuda_layer import check_discovery, check_instances, check_overlap, check_round_trips
     from .versions import version_rows
@@ -68,7 +68,7 @@ def run_doctor(full: bool = False, instances: int = 4, probe: GpuProbe | None = 
     version_rows(probe, rows)
     found = run_check(rows, "device discovery", lambda: check_discovery(probe))
     if found:
-        from engines.tensorrt.cuda import set_device
+        from tensorgate.engines.tensorrt.cuda import set_device
 
         device = probe.devices[0]
         set_device(device.index)
@@ -95,7 +95,7 @@ def run_doctor(full: bool = False, instances: int = 4, probe: GpuProbe | None = 
 
 
 def _full_tensorrt(probe: GpuProbe, tensorrt: object, instances: int, rows: list[Row], folder: Path) -> None:
-    from engines.tensorrt import TrtDistribution
+    from tensorgate.engines.tensorrt import TrtDistribution
 
     from .models import Case, minilm_case, mlp_case
     from .tensorrt_checks import tensorrt_rows
@@ -106,7 +106,7 @@ def _full_tensorrt(probe: GpuProbe, tensorrt: object, instances: int, rows: list
     cases: list[Case] = [mlp_case(folder / "gpu")]
 
     def minilm() -> str:
-        from server.settings import default_cache_dir
+        from tensorgate.server.settings import default_cache_dir
 
         cases.append(minilm_case(folder / "gpu", default_cache_dir()))
         return "built from the demo weights"

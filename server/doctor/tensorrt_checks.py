@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engines.accuracy import AccuracyThresholds
-from engines.cache import EngineCache
-from engines.devices import GpuDevice
-from engines.pipeline import ArtifactResult, prepare_artifact
-from engines.precision import PrecisionSpec
-from engines.tensorrt import BuildOptions, TrtDistribution
+from tensorgate.engines.accuracy import AccuracyThresholds
+from tensorgate.engines.cache import EngineCache
+from tensorgate.engines.devices import GpuDevice
+from tensorgate.engines.pipeline import ArtifactResult, prepare_artifact
+from tensorgate.engines.precision import PrecisionSpec
+from tensorgate.engines.tensorrt import BuildOptions, TrtDistribution
 
 from .models import Case
 from .report import Row, run_check
@@ -65,7 +65,7 @@ def int8_layers(inspector_json: str) -> tuple[int, int]:
 
 
 def _inspect(plan: Path) -> str:
-    from engines.tensorrt.runtime import load_tensorrt, make_logger
+    from tensorgate.engines.tensorrt.runtime import load_tensorrt, make_logger
 
     trt = load_tensorrt()
     runtime = trt.Runtime(make_logger(trt))
@@ -92,14 +92,14 @@ class _Build:
                                                          AccuracyThresholds.defaults(spec.precision), True)
 
     def plan(self) -> Any:
-        from engines.tensorrt import prepare_trt_plan
+        from tensorgate.engines.tensorrt import prepare_trt_plan
 
         return prepare_trt_plan(self.cache, self.artifact, self.device, self.tensorrt, self.options)
 
 
 def _check_build(build: _Build, instances: int) -> str:
-    from engines.tensorrt import TensorRTEngine
-    from engines.tensorrt.cuda import mem_info, set_device
+    from tensorgate.engines.tensorrt import TensorRTEngine
+    from tensorgate.engines.tensorrt.cuda import mem_info, set_device
 
     case, spec, dev = build.case, build.spec, build.device
     set_device(dev.index)
@@ -167,7 +167,7 @@ def _concurrent(case: Case, opened: list[Any], ref: Any, name: str, floor: float
 
 def _check_cache(build: _Build) -> str:
     """A hit; a damaged plan file caught by the cache; a plan TensorRT refuses dropped and rebuilt once."""
-    from engines.tensorrt import StalePlanError, TensorRTEngine, load_with_rebuild
+    from tensorgate.engines.tensorrt import StalePlanError, TensorRTEngine, load_with_rebuild
 
     first = build.plan()
     again = build.plan()
@@ -181,7 +181,7 @@ def _check_cache(build: _Build) -> str:
         raise AssertionError("a damaged plan was served from the cache")
     fields = {"planted": True}  # a verified entry TensorRT cannot deserialize, under the real key
     build.cache.discard(rebuilt.device, rebuilt.key)
-    from engines.tensorrt.builder import PLAN_FILE, trt_plan_fields
+    from tensorgate.engines.tensorrt.builder import PLAN_FILE, trt_plan_fields
 
     real = trt_plan_fields(build.artifact.key, build.device, build.tensorrt, build.options)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from engines.devices import GpuProbe
-from engines.tensorrt import TrtDistribution, installed_tensorrt
+from tensorgate.engines.devices import GpuProbe
+from tensorgate.engines.tensorrt import TrtDistribution, installed_tensorrt
 
 from .report import Row, Skip, run_check
 

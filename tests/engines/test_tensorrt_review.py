@@ -21,15 +21,21 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 from packaging.requirements import Requirement
 
-from clients.pb import model_config_pb2 as mc
-from engines import EngineLoadError, TensorSpec
-from engines.accuracy import AccuracyGateError, AccuracyThresholds, check_gate, measure_engine, split_feeds
-from engines.cache import EngineCache, cache_key
-from engines.onnxruntime_engine import OnnxRuntimeEngine
-from engines.pipeline import prepare_artifact
-from engines.precision import PrecisionSpec, measure_loaded
-from engines.quantize import ensure_opset, lint_trt_qdq, model_opset, quantize_int8_static
-from engines.tensorrt import (
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import EngineLoadError, TensorSpec
+from tensorgate.engines.accuracy import (
+    AccuracyGateError,
+    AccuracyThresholds,
+    check_gate,
+    measure_engine,
+    split_feeds,
+)
+from tensorgate.engines.cache import EngineCache, cache_key
+from tensorgate.engines.onnxruntime_engine import OnnxRuntimeEngine
+from tensorgate.engines.pipeline import prepare_artifact
+from tensorgate.engines.precision import PrecisionSpec, measure_loaded
+from tensorgate.engines.quantize import ensure_opset, lint_trt_qdq, model_opset, quantize_int8_static
+from tensorgate.engines.tensorrt import (
     BuildOptions,
     IoTensor,
     LogSink,
@@ -43,8 +49,8 @@ from engines.tensorrt import (
     load_with_rebuild,
     profiles_needed,
 )
-from engines.tensorrt.runtime import ERROR, INFO, INTERNAL_ERROR, VERBOSE, WARNING
-from server.engine_options import OptionError, parse_engine_options
+from tensorgate.engines.tensorrt.runtime import ERROR, INFO, INTERNAL_ERROR, VERBOSE, WARNING
+from tensorgate.server.engine_options import OptionError, parse_engine_options
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from engines.devices import probe_gpus
-from engines.tensorrt import TrtDistribution
-from server.doctor.report import FAILED, OK, SKIPPED, Row, Skip, failed, render, run_check
-from server.doctor.tensorrt_checks import int8_layers
-from server.doctor.versions import cuda_version_text, pairing_problem
+from tensorgate.engines.devices import probe_gpus
+from tensorgate.engines.tensorrt import TrtDistribution
+from tensorgate.server.doctor.report import FAILED, OK, SKIPPED, Row, Skip, failed, render, run_check
+from tensorgate.server.doctor.tensorrt_checks import int8_layers
+from tensorgate.server.doctor.versions import cuda_version_text, pairing_problem
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = probe_gpus()
@@ -22,7 +22,7 @@ CUDA_LAYER = ("pinned round trips", "stream overlap", "concurrent instances")
 
 
 def _doctor(*args: str) -> tuple[int, dict[str, tuple[str, str]], str]:
-    out = subprocess.run([sys.executable, "-m", "server.cli", "doctor", *args], cwd=REPO_ROOT,
+    out = subprocess.run([sys.executable, "-m", "tensorgate.server.cli", "doctor", *args], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=600)
     table = out.stdout.split("tensorgate doctor", 1)[1]
     rows = {name: (status, detail) for name, status, detail in
@@ -106,7 +106,7 @@ def test_cuda_errors_are_named_by_their_own_api() -> None:
     pytest.importorskip("cuda.bindings")
     from cuda.bindings import driver, runtime
 
-    from engines.tensorrt.cuda import CudaError, check
+    from tensorgate.engines.tensorrt.cuda import CudaError, check
 
     with pytest.raises(CudaError, match=r"cuModuleLoadData failed: CUDA_ERROR_INVALID_PTX \(218\)"):
         check((driver.CUresult.CUDA_ERROR_INVALID_PTX, None), "cuModuleLoadData")
