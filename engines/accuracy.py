@@ -6,12 +6,17 @@ per-sample cosine similarity, the largest absolute error, and, for outputs
 shaped like classifier scores ([batch, classes]), how often the argmax agrees.
 The gate refuses an artifact below the model's thresholds with the figures in
 the message, which becomes the model's UNAVAILABLE reason.
+
+ONNX Runtime on the CPU computes an FP16 artifact in fp32 and cannot say what
+a TensorRT plan does (real FP16, TF32 tactics in an FP32 plan, fused INT8), so
+``measure_engine`` measures the loaded engine itself, through its instance,
+on the same held-back batches (split to the engine's largest batch).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +24,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .base import EngineLoadError
+from .base import EngineInstance, EngineLoadError, EngineRunError
 from .calibration import Feed
 
-__all__ = ["AccuracyGateError", "AccuracyReport", "AccuracyThresholds", "check_gate", "measure_accuracy"]
+__all__ = [
+    "AccuracyGateError",
+    "AccuracyReport",
+    "AccuracyThresholds",
+    "check_gate",
+    "measure_accuracy",
+    "measure_engine",
+    "split_feeds",
+]
 
-DEFAULT_MIN_COSINE = {"FP16": 0.999, "INT8": 0.99}
+# FP32 applies to TensorRT plans only (TF32 tactics); an FP32 artifact is the model itself
+DEFAULT_MIN_COSINE = {"FP32": 0.999, "FP16": 0.999, "INT8": 0.99}
+
+Runner = Callable[[Feed, Sequence[str]], Sequence[npt.NDArray[Any]]]
 
 
 class AccuracyGateError(EngineLoadError):
@@ -129,6 +145,64 @@ def measure_accuracy(
         ref, art = _session(reference), _session(artifact)
     except Exception as exc:
         raise EngineLoadError(f"cannot load the artifact for the accuracy gate: {exc}") from exc
+
+    def run(feed: Feed, names: Sequence[str]) -> Sequence[npt.NDArray[Any]]:
+        try:
+            return list(art.run(list(names), dict(feed)))
+        except Exception as exc:
+            raise EngineLoadError(f"the artifact failed on a calibration sample: {exc}") from exc
+
+    return _compare(ref, run, feeds, batching, source)
+
+
+def split_feeds(feeds: Sequence[Feed], max_batch: int) -> list[Feed]:
+    """Cut batched feeds along axis 0 into batches of at most ``max_batch`` rows (an engine's profile maximum)."""
+    out: list[Feed] = []
+    for feed in feeds:
+        rows = int(next(iter(feed.values())).shape[0]) if feed else 0
+        if max_batch <= 0 or rows <= max_batch:
+            out.append(feed)
+            continue
+        out += [{k: v[i:i + max_batch] for k, v in feed.items()} for i in range(0, rows, max_batch)]
+    return out
+
+
+def measure_engine(
+    reference: Path, instance: EngineInstance, feeds: Sequence[Feed], batching: bool, source: str = "holdout",
+    max_batch: int = 0,
+) -> AccuracyReport:
+    """Run the fp32 model in ONNX Runtime and a loaded engine's instance on ``feeds`` and compare.
+
+    Args:
+        reference: the fp32 model.
+        instance: an instance of the engine that will serve (a TensorRT plan, or any engine).
+        feeds: input batches.
+        batching: axis 0 is the batch.
+        source: label for the report.
+        max_batch: the engine's largest batch (0: no limit); batched feeds are split to it.
+
+    Returns:
+        The figures.
+
+    Raises:
+        EngineLoadError: a model or the engine failed to run, or produced non-finite values where fp32 did not.
+    """
+    try:
+        ref = _session(reference)
+    except Exception as exc:
+        raise EngineLoadError(f"cannot load the fp32 model for the accuracy gate: {exc}") from exc
+
+    def run(feed: Feed, names: Sequence[str]) -> Sequence[npt.NDArray[Any]]:
+        try:
+            out = instance.run(feed, names)
+        except EngineRunError as exc:
+            raise EngineLoadError(f"the engine failed on a held-back sample: {exc}") from exc
+        return [out[n] for n in names]
+
+    return _compare(ref, run, split_feeds(feeds, max_batch) if batching else list(feeds), batching, source)
+
+
+def _compare(ref: Any, run: Runner, feeds: Sequence[Feed], batching: bool, source: str) -> AccuracyReport:
     names = [o.name for o in ref.get_outputs() if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")]
     cosines: list[npt.NDArray[np.float64]] = []
     max_abs = 0.0
@@ -137,9 +211,9 @@ def measure_accuracy(
     for feed in feeds:
         try:
             expected = ref.run(names, dict(feed))
-            got = art.run(names, dict(feed))
         except Exception as exc:
-            raise EngineLoadError(f"the artifact failed on a calibration sample: {exc}") from exc
+            raise EngineLoadError(f"the fp32 model failed on a calibration sample: {exc}") from exc
+        got = run(feed, names)
         samples += int(next(iter(feed.values())).shape[0]) if batching else 1
         for e, g in zip(expected, got, strict=True):
             e64, g64 = np.asarray(e, np.float64), np.asarray(g, np.float64)

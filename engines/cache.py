@@ -197,6 +197,21 @@ class EngineCache:
         with self.lock(f"{namespace}-{key}"):
             return self._verified(namespace, key)
 
+    def discard(self, namespace: str, key: str) -> bool:
+        """Remove an entry that verified but its consumer cannot use (a plan TensorRT will not deserialize).
+
+        Returns:
+            True when there was an entry; the next ``get_or_build`` rebuilds it.
+        """
+        with self.lock(f"{namespace}-{key}"):
+            path = self.entry_path(namespace, key)
+            if not path.exists():
+                return False
+            STATS.add(corrupt=1)
+            log.warning("engine cache entry %s/%s is unusable: removing it, it will be rebuilt", namespace, key[:12])
+            shutil.rmtree(path, ignore_errors=True)
+            return True
+
     def get_or_build(
         self,
         namespace: str,

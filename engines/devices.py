@@ -141,7 +141,8 @@ def _probe() -> GpuProbe:
     try:
         from cuda.bindings import runtime as rt
     except ImportError:
-        return GpuProbe(reason="cuda-python is not installed (pip install 'tensorgate[tensorrt]')")
+        return GpuProbe(reason="cuda-python is not installed (pip install 'tensorgate[tensorrt-cu13]', or "
+                               "'tensorgate[tensorrt-cu12]' on a CUDA 12 driver)")
     _, runtime_version = rt.cudaRuntimeGetVersion()
     _, driver_version = rt.cudaDriverGetVersion()
     err, count = rt.cudaGetDeviceCount()
@@ -233,7 +234,7 @@ def cpu_fingerprint(onnxruntime_version: str, info: CpuInfo | None = None) -> di
     return {"kind": "cpu", "onnxruntime": onnxruntime_version, "machine": info.machine, "isa": list(info.isa)}
 
 
-def gpu_fingerprint(device: GpuDevice, tensorrt_version: str, cuda_runtime_version: int) -> dict[str, Any]:
+def gpu_fingerprint(device: GpuDevice, tensorrt_version: str, cuda_major: int) -> dict[str, Any]:
     """What makes a TensorRT plan valid (and its tactics optimal) on one GPU.
 
     Identical GPUs give identical fingerprints, so they share one cached plan.
@@ -241,7 +242,7 @@ def gpu_fingerprint(device: GpuDevice, tensorrt_version: str, cuda_runtime_versi
     Args:
         device: the GPU.
         tensorrt_version: full ``tensorrt.__version__`` (plans do not cross versions).
-        cuda_runtime_version: e.g. 13050; only the major version matters to a plan.
+        cuda_major: the CUDA major TensorRT was built for (its wheel's cuNN tag), e.g. 13.
 
     Returns:
         A JSON-able fingerprint.
@@ -252,7 +253,7 @@ def gpu_fingerprint(device: GpuDevice, tensorrt_version: str, cuda_runtime_versi
         "compute_capability": f"{device.compute_capability[0]}.{device.compute_capability[1]}",
         "multiprocessors": device.multiprocessors,
         "tensorrt": tensorrt_version,
-        "cuda_major": cuda_runtime_version // 1000,
+        "cuda_major": cuda_major,
     }
 
 

@@ -8,7 +8,8 @@
 ``build_artifact`` writes the artifact into a folder and measures it against
 fp32 on held-back calibration samples; the gate itself (thresholds) is applied
 by the caller on every load, from the stored figures, so changing a threshold
-never forces a rebuild.
+never forces a rebuild. ``measure_loaded`` measures a loaded engine (a TensorRT
+plan) on the same samples, since ONNX Runtime's figures do not describe it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .accuracy import AccuracyReport, measure_accuracy
-from .base import EngineLoadError
+from .accuracy import AccuracyReport, measure_accuracy, measure_engine
+from .base import EngineInstance, EngineLoadError
 from .calibration import (
     CALIBRATION_DIR,
     CalibrationSet,
@@ -40,6 +41,8 @@ __all__ = [
     "PrecisionSpec",
     "artifact_fields",
     "build_artifact",
+    "gate_feeds",
+    "measure_loaded",
     "model_digest",
     "model_inputs",
 ]
@@ -49,7 +52,7 @@ log = logging.getLogger("tensorgate.engines.precision")
 PRECISIONS = ("FP32", "FP16", "INT8")
 INT8_METHODS = ("static", "dynamic")
 ARTIFACT_FILE = "model.onnx"
-PIPELINE_VERSION = 1  # bump when the artifact recipe changes: every cached artifact becomes a miss
+PIPELINE_VERSION = 2  # bump when the artifact recipe changes: every cached artifact becomes a miss
 HOLDOUT_EVERY = 4
 _SYNTHETIC_SAMPLES = 16
 
@@ -65,12 +68,15 @@ class PrecisionSpec:
         int8_method: "static" (calibrated Q/DQ) or "dynamic" (CPU only).
         exclude_nodes: node names or glob patterns kept in float (INT8) or fp32 (FP16).
         exclude_op_types: op types kept in float (INT8 only).
+        int8_fp16_base: INT8 static only: everything outside the Q/DQ pairs in fp16 (for TensorRT, whose
+            strongly typed INT8 engine otherwise runs those layers in fp32).
     """
 
     precision: str = "FP32"
     int8_method: str = "static"
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
+    int8_fp16_base: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -130,6 +136,7 @@ def artifact_fields(model_sha256: str, spec: PrecisionSpec, model_dir: Path, bat
         "model_sha256": model_sha256,
         "precision": spec.precision,
         "int8_method": spec.int8_method if spec.precision == "INT8" else None,
+        "int8_fp16_base": spec.int8_fp16_base if spec.needs_calibration else None,
         "exclude_nodes": list(spec.exclude_nodes),
         "exclude_op_types": list(spec.exclude_op_types),
         "calibration_sha256": calibration_digest(files) if files else None,
@@ -195,8 +202,7 @@ def build_artifact(
     step = progress or (lambda _name: None)
     model = onnx.load(str(model_path))
     inputs = model_inputs(model)
-    if batching is None:
-        batching = bool(inputs) and all(dims and dims[0] < 0 for _, _, dims in inputs)
+    batching = _resolve_batching(inputs, batching)
     calibration: CalibrationSet | None = load_calibration(
         model_dir, {name: dt for name, dt, _ in inputs}, batching, HOLDOUT_EVERY
     )
@@ -223,7 +229,7 @@ def build_artifact(
             step(f"int8 calibration ({calibration.samples} samples)")
             facts.update(quantize_int8_static(
                 model_path, out, calibration.calibrate, exclude_nodes=spec.exclude_nodes,
-                exclude_op_types=spec.exclude_op_types, work_dir=work,
+                exclude_op_types=spec.exclude_op_types, work_dir=work, fp16_base=spec.int8_fp16_base,
             ))
         else:
             from .quantize import quantize_int8_dynamic
@@ -244,6 +250,69 @@ def build_artifact(
     return facts
 
 
+def _resolve_batching(inputs: Sequence[tuple[str, np.dtype[Any], tuple[int, ...]]], batching: bool | None) -> bool:
+    if batching is None:
+        return bool(inputs) and all(dims and dims[0] < 0 for _, _, dims in inputs)
+    return batching
+
+
+def _feeds_for(
+    spec: PrecisionSpec,
+    calibration: CalibrationSet | None,
+    inputs: Sequence[tuple[str, np.dtype[Any], tuple[int, ...]]],
+    batching: bool,
+) -> tuple[list[Feed], str]:
+    if calibration is not None:
+        # only a calibrated artifact has seen data: the others may use every sample
+        if spec.needs_calibration:
+            return list(calibration.holdout), "holdout"
+        return calibration.all_feeds(), "calibration"
+    return _synthetic_feeds(inputs, batching), "synthetic"
+
+
+def gate_feeds(model_path: Path, spec: PrecisionSpec, batching: bool | None) -> tuple[list[Feed], str, bool]:
+    """The batches the accuracy gate compares on, as ``build_artifact`` chose them.
+
+    Args:
+        model_path: ``<model>/<version>/model.onnx``.
+        spec: the precision.
+        batching: the model batches along axis 0 (None: inferred).
+
+    Returns:
+        (feeds, their source label, batching); no feeds when nothing can be compared.
+    """
+    model = onnx.load(str(model_path), load_external_data=False)
+    inputs = model_inputs(model)
+    batching = _resolve_batching(inputs, batching)
+    model_dir = Path(model_path).parent.parent
+    calibration = load_calibration(model_dir, {name: dt for name, dt, _ in inputs}, batching, HOLDOUT_EVERY)
+    feeds, source = _feeds_for(spec, calibration, inputs, batching)
+    return feeds, source, batching
+
+
+def measure_loaded(
+    instance: EngineInstance, model_path: Path, spec: PrecisionSpec, batching: bool | None, max_batch: int
+) -> AccuracyReport | None:
+    """Measure a loaded engine's instance against fp32 on the gate's batches.
+
+    Args:
+        instance: an instance of the engine that will serve.
+        model_path: the fp32 model.
+        spec: the engine's precision (which batches: held-back for INT8 static).
+        batching: the model batches along axis 0 (None: inferred).
+        max_batch: the engine's largest batch (0: none).
+
+    Returns:
+        The figures, or None when there is nothing to compare on (logged).
+    """
+    feeds, source, batching = gate_feeds(model_path, spec, batching)
+    if not feeds:
+        log.warning("%s: no calibration data and inputs that cannot be synthesised: the %s engine's accuracy "
+                    "is unchecked", model_path, spec.label)
+        return None
+    return measure_engine(model_path, instance, feeds, batching, source, max_batch)
+
+
 def _measure(
     model_path: Path,
     artifact: Path,
@@ -252,14 +321,9 @@ def _measure(
     inputs: Sequence[tuple[str, np.dtype[Any], tuple[int, ...]]],
     batching: bool,
 ) -> AccuracyReport | None:
-    if calibration is not None:
-        # only a calibrated artifact has seen data: the others may use every sample
-        if spec.needs_calibration:
-            return measure_accuracy(model_path, artifact, calibration.holdout, batching, "holdout")
-        return measure_accuracy(model_path, artifact, calibration.all_feeds(), batching, "calibration")
-    feeds = _synthetic_feeds(inputs, batching)
+    feeds, source = _feeds_for(spec, calibration, inputs, batching)
     if feeds:
-        return measure_accuracy(model_path, artifact, feeds, batching, "synthetic")
+        return measure_accuracy(model_path, artifact, feeds, batching, source)
     log.warning(
         "%s: no calibration data and inputs that cannot be synthesised: the %s artifact's accuracy is unchecked",
         model_path, spec.label,

@@ -8,6 +8,15 @@ weights, no int32 bias Q/DQ. ONNX Runtime's defaults break two of these, so
 runs on ONNX Runtime's CPU provider, so the CPU and GPU engines share one
 calibration.
 
+Per-channel Q/DQ needs opset 13 (the ``axis`` attribute) and fp16 scales need
+opset 19, so the model is converted with onnx's version converter first (ONNX
+Runtime's quantizer would only relabel the opset, leaving ops with their old
+semantics) or refused with the reason.
+
+For TensorRT, ``fp16_base`` writes the Q/DQ pairs over an fp16 graph: a
+strongly typed engine runs every layer outside a Q/DQ pair in the precision the
+ONNX gives it, so an fp32 base would make INT8 slower than FP16.
+
 Dynamic INT8 quantizes weights offline and activations per batch at run time;
 TensorRT cannot run it (it needs Q/DQ), so it is a CPU-only method.
 """
@@ -22,21 +31,28 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, numpy_helper, version_converter
 
 from .base import EngineLoadError
 from .calibration import Feed, FeedReader
 
 __all__ = [
+    "FP16_QDQ_OPSET",
+    "MIN_QDQ_OPSET",
     "STATIC_OP_TYPES",
     "TRT_EXTRA_OPTIONS",
+    "ensure_opset",
     "excluded_nodes",
     "lint_trt_qdq",
+    "model_opset",
     "quantize_int8_dynamic",
     "quantize_int8_static",
 ]
 
 log = logging.getLogger("tensorgate.engines.quantize")
+
+MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis)
+FP16_QDQ_OPSET = 19  # float16 scales on QuantizeLinear/DequantizeLinear
 
 # Q/DQ goes on the inputs of weighted ops (TensorRT fuses DQ->op->Q around them);
 # Softmax, LayerNorm and friends stay in float
@@ -72,6 +88,56 @@ def excluded_nodes(model: onnx.ModelProto, patterns: Sequence[str], op_types: Se
     if unmatched:
         log.warning("int8 exclusions match no node: %s", ", ".join(unmatched))
     return [n for n in out if n]
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset version."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def ensure_opset(model: onnx.ModelProto, minimum: int, why: str) -> onnx.ModelProto:
+    """The model at opset ``minimum`` or later: itself, or converted by onnx's version converter.
+
+    Args:
+        model: the model.
+        minimum: the opset needed.
+        why: what needs it, for the message.
+
+    Returns:
+        The model, converted when its opset was lower.
+
+    Raises:
+        EngineLoadError: the converter cannot convert the model.
+    """
+    current = model_opset(model)
+    if current >= minimum:
+        return model
+    try:
+        converted = version_converter.convert_version(model, minimum)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        raise EngineLoadError(
+            f"the model is at opset {current}; {why} needs opset {minimum} or later and onnx cannot convert it "
+            f"({type(exc).__name__}: {str(exc)[:200]}): re-export the model at opset {minimum} or later"
+        ) from exc
+    log.info("model converted from opset %d to %d (%s)", current, minimum, why)
+    return converted
+
+
+def _at_opset(model_path: Path, minimum: int, why: str, out: Path) -> Path:
+    model = onnx.load(str(model_path))
+    converted = ensure_opset(model, minimum, why)
+    if converted is model:
+        return model_path
+    onnx.save(converted, str(out))
+    return out
+
+
+def _fp16_base(quantized: onnx.ModelProto) -> onnx.ModelProto:
+    """The Q/DQ model with fp16 everywhere outside the pairs (fp16 scales; fp32 inputs and outputs kept)."""
+    from .fp16 import convert_fp16
+
+    return convert_fp16(ensure_opset(quantized, FP16_QDQ_OPSET, "INT8 over an fp16 base (fp16 Q/DQ scales)"))
 
 
 def _preprocess(model_path: Path, out: Path) -> Path:
@@ -111,6 +177,7 @@ def quantize_int8_static(
     exclude_nodes: Sequence[str] = (),
     exclude_op_types: Sequence[str] = (),
     work_dir: Path,
+    fp16_base: bool = False,
 ) -> dict[str, Any]:
     """Calibrate on ``feeds`` (MinMax) and write TensorRT-valid Q/DQ ONNX.
 
@@ -121,16 +188,19 @@ def quantize_int8_static(
         exclude_nodes: node names or glob patterns to keep in float.
         exclude_op_types: op types to keep in float.
         work_dir: scratch folder.
+        fp16_base: everything outside the Q/DQ pairs in fp16 (opset 19 or later).
 
     Returns:
         Facts for the manifest (how many nodes were excluded, how many Q/DQ pairs written).
 
     Raises:
-        EngineLoadError: calibration or quantization failed, or the result breaks TensorRT's rules.
+        EngineLoadError: calibration or quantization failed, the model's opset cannot be converted, or the
+            result breaks TensorRT's rules.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    pre = _preprocess(_name_nodes(model_path, work_dir / "named.onnx"), work_dir / "pre.onnx")
+    at_opset = _at_opset(model_path, MIN_QDQ_OPSET, "per-channel Q/DQ", work_dir / "opset.onnx")
+    pre = _preprocess(_name_nodes(at_opset, work_dir / "named.onnx"), work_dir / "pre.onnx")
     excluded = excluded_nodes(onnx.load(str(pre), load_external_data=False), exclude_nodes, exclude_op_types)
     try:
         quantize_static(
@@ -149,11 +219,15 @@ def quantize_int8_static(
     except Exception as exc:
         raise EngineLoadError(f"INT8 static quantization failed: {type(exc).__name__}: {exc}") from exc
     quantized = onnx.load(str(out_path))
+    if fp16_base:
+        quantized = _fp16_base(quantized)
+        onnx.save(quantized, str(out_path))
     problems = lint_trt_qdq(quantized)
     if problems:
         raise EngineLoadError("INT8 artifact breaks TensorRT's Q/DQ rules: " + "; ".join(problems[:5]))
     pairs = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
-    return {"excluded_nodes": len(excluded), "quantize_linear_nodes": pairs}
+    return {"excluded_nodes": len(excluded), "quantize_linear_nodes": pairs, "fp16_base": fp16_base,
+            "opset": model_opset(quantized)}
 
 
 def quantize_int8_dynamic(

@@ -150,16 +150,45 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=_build)
 
 
-def _build(args: argparse.Namespace) -> int:
-    from .build import run_build
-
+def _tool_logging(verbose: int) -> None:
+    """`build` and `doctor`: 0 = warnings only, 1 = info, 2 = debug."""
     logging.basicConfig(
-        level={0: logging.WARNING, 1: logging.INFO}.get(args.log_verbose, logging.DEBUG),
+        level={0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import run_build
+
+    _tool_logging(args.log_verbose)
     cache = args.engine_cache_dir or (args.cache_dir or default_cache_dir()) / "engines"
     return run_build(args.model_repository, args.model, cache, int(args.engine_cache_max_gb * 2**30))
+
+
+def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="check what this machine can run: versions, drivers, GPUs, the CUDA layer, TensorRT",
+        description="Print a table of checks (ok / skipped / FAILED). Without a GPU or TensorRT it checks what "
+        "it can and says what it could not check; exits 1 only when a check FAILED.",
+    )
+    p.add_argument("--full", action="store_true",
+                   help="also build precision artifacts and, with TensorRT on a GPU, FP32/FP16/INT8 plans of the "
+                   "benchmark MLP and the MiniLM demo, compared with onnxruntime and run concurrently")
+    p.add_argument("--instances", type=int, default=4, help="streams / execution contexts at once (default 4)")
+    p.add_argument("--log-verbose", type=int, default=0, help="0 = warnings only (default), 1 = info, 2 = debug")
+    p.set_defaults(handler=_doctor)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import table
+
+    _tool_logging(args.log_verbose)
+    text, status = table(args.full, max(1, args.instances))
+    print(text)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     # listed for --help only: main() hands `bench ...` to bench's own parser before argparse runs
     sub.add_parser("bench", add_help=False, help="load-test any v2 gRPC server (see `tensorgate bench --help`)")
+    _add_doctor(sub)
     demo = sub.add_parser("demo-repository", help="build the demo repository if needed and print its path")
     demo.add_argument("--cache-dir", type=Path, default=_env("CACHE_DIR"), help="cache folder")
     demo.set_defaults(handler=_demo_repository)

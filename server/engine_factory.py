@@ -8,6 +8,9 @@ and then loads the engine. Placement: KIND_GPU needs a usable GPU and TensorRT
 (else the load fails with the reason); KIND_AUTO takes them when present and
 otherwise falls back to ONNX Runtime on the CPU, saying so; KIND_CPU is ONNX
 Runtime. Session options follow Triton's ORT backend keys in ``parameters``.
+A TensorRT plan that will not deserialize is dropped from the cache and
+rebuilt once, and the loaded plan itself passes the accuracy gate (ONNX
+Runtime's figures for the artifact do not describe what TensorRT computes).
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from tensorgate.engines.pipeline import (
 from tensorgate.engines.precision import PrecisionSpec
 from tensorgate.engines.tensorrt import (
     BuildOptions,
+    TrtDistribution,
     compute_profiles,
     distinct_devices,
+    installed_tensorrt,
     installed_tensorrt_version,
+    profiles_needed,
 )
 
 from .autocomplete import DEFAULT_CPU_INSTANCES, DEFAULT_MAX_BATCH_SIZE
@@ -207,28 +213,42 @@ def _input_specs(model_file: Path) -> list[TensorSpec]:
     return [TensorSpec(name, dtype.name, dims) for name, dtype, dims in model_inputs(model)]
 
 
+def _tensorrt(probe: GpuProbe) -> TrtDistribution:
+    """The installed TensorRT; a tar-installed wheel without a cuNN tag is keyed on the CUDA runtime's major."""
+    dist = installed_tensorrt()
+    if dist is None:
+        raise LoadError("TensorRT is not installed")
+    if not dist.cuda_major:
+        return TrtDistribution(dist.name, dist.version, probe.runtime_version // 1000)
+    return dist
+
+
 def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path, config: mc.ModelConfig,
                  options: EngineOptions, placement: Placement, probe: GpuProbe,
                  progress: Progress | None) -> tuple[list[EngineResult], dict[int, Path], BuildOptions]:
     from tensorgate.engines.tensorrt import prepare_trt_plan
 
     inputs = _input_specs(model_file)
-    batching = config.max_batch_size or (
-        DEFAULT_MAX_BATCH_SIZE if inputs and all(s.shape and s.shape[0] < 0 for s in inputs) else 0
-    )
     profiles = compute_profiles(
-        inputs, batching, min_shapes=options.trt.min_shapes, opt_shapes=options.trt.opt_shapes,
+        inputs, _trt_batching(config, inputs), min_shapes=options.trt.min_shapes, opt_shapes=options.trt.opt_shapes,
         max_shapes=options.trt.max_shapes, preferred_batch_sizes=list(config.dynamic_batching.preferred_batch_size),
     )
-    build = BuildOptions(tuple(profiles), options.trt.workspace_bytes, options.trt.optimization_level)
-    version = installed_tensorrt_version() or ""
+    build = BuildOptions(tuple(profiles), options.trt.workspace_bytes, options.trt.optimization_level,
+                         options.trt.hardware_compatibility, profiles_needed(placement.instance_gpus))
+    tensorrt = _tensorrt(probe)
     used = [d for d in probe.devices if d.index in set(placement.instance_gpus)]
     results: dict[str, EngineResult] = {}
-    for dev in distinct_devices(used, version, probe.runtime_version):  # identical GPUs share one plan
-        fp = str(gpu_fingerprint(dev, version, probe.runtime_version))
-        results[fp] = prepare_trt_plan(cache, artifact, dev, probe.runtime_version, build, progress)
-    plans = {d.index: results[str(gpu_fingerprint(d, version, probe.runtime_version))].path for d in used}
+    for dev in distinct_devices(used, tensorrt):  # identical GPUs share one plan
+        fp = str(gpu_fingerprint(dev, tensorrt.version, tensorrt.cuda_major))
+        results[fp] = prepare_trt_plan(cache, artifact, dev, tensorrt, build, progress)
+    plans = {d.index: results[str(gpu_fingerprint(d, tensorrt.version, tensorrt.cuda_major))].path for d in used}
     return list(results.values()), plans, build
+
+
+def _trt_batching(config: mc.ModelConfig, inputs: list[TensorSpec]) -> int:
+    return config.max_batch_size or (
+        DEFAULT_MAX_BATCH_SIZE if inputs and all(s.shape and s.shape[0] < 0 for s in inputs) else 0
+    )
 
 
 def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
@@ -286,25 +306,75 @@ def _describe(name: str, version: int, prepared: Prepared) -> tuple[str, dict[st
     return f"{artifact.spec.label}{figures}", parameters
 
 
+def _gate_plan(engine: Engine, model_file: Path, config: mc.ModelConfig, prepared: Prepared) -> AccuracyReport | None:
+    """Measure the loaded plan itself against fp32 and refuse it over the model's thresholds."""
+    from tensorgate.engines.accuracy import check_gate
+    from tensorgate.engines.precision import measure_loaded
+
+    options = parse_engine_options(config)
+    spec = prepared.artifact.spec
+    build = prepared.build_options
+    max_batch = min((p.max[0] for p in build.profiles if p.max), default=0) if build else 0
+    instance = engine.create_instance()
+    try:
+        report = measure_loaded(instance, model_file, spec, True if config.max_batch_size > 0 else None, max_batch)
+    finally:
+        instance.close()
+    if report is not None:
+        check_gate(report, options.thresholds_for(spec.precision), f"TensorRT {spec.label} plan")
+    return report
+
+
+def _load_gpu(name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
+              first: Prepared) -> LoadedEngine:
+    from tensorgate.engines.tensorrt import StalePlanError, TensorRTEngine, load_with_rebuild
+
+    attempts = iter([first])
+
+    def prepare_once() -> Prepared:  # the first preparation is done; a rebuild prepares again
+        return next(attempts, None) or prepare(name, version, model_file, config, settings)
+
+    def load(prepared: Prepared) -> tuple[Prepared, TensorRTEngine]:
+        assert prepared.build_options is not None
+        return prepared, TensorRTEngine(prepared.plans, prepared.build_options.profiles,
+                                        prepared.placement.instance_gpus)
+
+    def discard(prepared: Prepared, exc: StalePlanError) -> None:
+        cache = _cache(settings, needed=True)
+        assert cache is not None
+        for result in prepared.engines:
+            if result.path == exc.path:
+                cache.discard(result.device, result.key)
+
+    prepared, trt_engine = load_with_rebuild(prepare_once, load, discard)
+    try:
+        accuracy = _gate_plan(trt_engine, model_file, config, prepared)
+    except BaseException:
+        trt_engine.close()
+        raise
+    summary, parameters = _describe(name, version, prepared)
+    if accuracy is not None:
+        parameters["accuracy_report"] = accuracy.to_json()
+        summary += f"; plan vs fp32: {accuracy.summary()}"
+    placement = prepared.placement
+    gpus = sorted(set(placement.instance_gpus))
+    return LoadedEngine(
+        trt_engine, gpu_count=len(probe_gpus().devices), precision=prepared.artifact.spec.label,
+        description=f"{summary}; TensorRT on GPU(s) {gpus}, {len(placement.instance_gpus)} context(s)",
+        cache_hit=prepared.cache_hit, accuracy=accuracy or prepared.artifact.accuracy, parameters=parameters,
+        instance_count=len(placement.instance_gpus),
+    )
+
+
 def create_engine(
     name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings
 ) -> LoadedEngine:
     """Build the engine for one model version from its (not yet completed) config."""
     prepared = prepare(name, version, model_file, config, settings)
-    summary, parameters = _describe(name, version, prepared)
     placement = prepared.placement
     if placement.device == "gpu":
-        from tensorgate.engines.tensorrt import TensorRTEngine
-
-        assert prepared.build_options is not None
-        trt_engine = TensorRTEngine(prepared.plans, prepared.build_options.profiles, placement.instance_gpus)
-        gpus = sorted(set(placement.instance_gpus))
-        return LoadedEngine(
-            trt_engine, gpu_count=len(probe_gpus().devices), precision=prepared.artifact.spec.label,
-            description=f"{summary}; TensorRT on GPU(s) {gpus}, {len(placement.instance_gpus)} context(s)",
-            cache_hit=prepared.cache_hit, accuracy=prepared.artifact.accuracy, parameters=parameters,
-            instance_count=len(placement.instance_gpus),
-        )
+        return _load_gpu(name, version, model_file, config, settings, prepared)
+    summary, parameters = _describe(name, version, prepared)
     options = prepared.ort or ort_options(config)
     if prepared.engines:
         engine = OnnxRuntimeEngine(prepared.engines[0].path, ort_options_for_cached(options))

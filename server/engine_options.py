@@ -7,7 +7,9 @@ Two places, as in Triton:
   ``accuracy_min_top1``, ``precision_exclude_nodes``, ``precision_exclude_op_types``;
 * Triton's ORT-TRT form, ``optimization { execution_accelerators {
   gpu_execution_accelerator [ { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }``,
-  with ``max_workspace_size_bytes``, ``trt_builder_optimization_level`` and
+  with ``max_workspace_size_bytes``, ``trt_builder_optimization_level``,
+  ``trt_hardware_compatibility_level`` (NONE | AMPERE_PLUS | SAME_COMPUTE_CAPABILITY),
+  ``int8_fp16_base`` (true by default: INT8 Q/DQ over an fp16 graph) and
   ``trt_profile_{min,opt,max}_shapes``; its precision applies to the TensorRT
   engine (on CPU, Triton's ORT backend runs such a model in fp32, and so do we
   unless the model-level ``precision_mode`` says otherwise).
@@ -23,7 +25,11 @@ from dataclasses import dataclass, field
 from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines.accuracy import AccuracyThresholds
 from tensorgate.engines.precision import PrecisionSpec
-from tensorgate.engines.tensorrt.builder import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE
+from tensorgate.engines.tensorrt.builder import (
+    DEFAULT_OPT_LEVEL,
+    DEFAULT_WORKSPACE,
+    HARDWARE_COMPATIBILITY_LEVELS,
+)
 from tensorgate.engines.tensorrt.profiles import parse_shapes
 
 __all__ = ["EngineOptions", "TrtOptions", "parse_engine_options"]
@@ -44,6 +50,8 @@ _TRT_KEYS = {
     "precision_mode",
     "max_workspace_size_bytes",
     "trt_builder_optimization_level",
+    "trt_hardware_compatibility_level",
+    "int8_fp16_base",
     "trt_profile_min_shapes",
     "trt_profile_opt_shapes",
     "trt_profile_max_shapes",
@@ -63,6 +71,7 @@ class TrtOptions:
     min_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     opt_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     max_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    hardware_compatibility: str = "NONE"
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,15 @@ def _int(raw: str | None, key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise OptionError(f"parameter {key} must be an integer, got '{raw}'") from None
+
+
+def _bool(raw: str | None, key: str, default: bool) -> bool:
+    if raw is None or raw == "":
+        return default
+    value = raw.lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise OptionError(f"parameter {key} must be true or false, got '{raw}'")
+    return value in ("true", "1", "yes")
 
 
 def _list(raw: str | None) -> tuple[str, ...]:
@@ -177,14 +195,19 @@ def parse_engine_options(config: mc.ModelConfig) -> EngineOptions:
     if not 0 <= level <= 5:
         raise OptionError(f"trt_builder_optimization_level must be 0 to 5, got {level}")
     workspace = _int(trt_value("max_workspace_size_bytes"), "max_workspace_size_bytes", DEFAULT_WORKSPACE)
+    hardware = (trt_value("trt_hardware_compatibility_level") or "NONE").upper()
+    if hardware not in HARDWARE_COMPATIBILITY_LEVELS:
+        raise OptionError(f"trt_hardware_compatibility_level must be one of "
+                          f"{', '.join(HARDWARE_COMPATIBILITY_LEVELS)}, got '{hardware}'")
+    fp16_base = _bool(trt_value("int8_fp16_base"), "int8_fp16_base", default=True)
     return EngineOptions(
         cpu=PrecisionSpec(cpu_precision, method, nodes, ops),
-        gpu=PrecisionSpec(gpu_precision, method, nodes, ops),
+        gpu=PrecisionSpec(gpu_precision, method, nodes, ops, int8_fp16_base=fp16_base and method == "static"),
         thresholds=AccuracyThresholds(
             min_cosine=_float(_string(config, "accuracy_min_cosine"), "accuracy_min_cosine"),
             max_abs_error=_float(_string(config, "accuracy_max_abs_error"), "accuracy_max_abs_error"),
             min_top1=_float(_string(config, "accuracy_min_top1"), "accuracy_min_top1"),
         ),
         tensorrt_requested=trt_params is not None,
-        trt=TrtOptions(workspace, level, min_shapes, opt_shapes, max_shapes),
+        trt=TrtOptions(workspace, level, min_shapes, opt_shapes, max_shapes, hardware),
     )

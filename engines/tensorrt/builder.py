@@ -23,15 +23,27 @@ from ..cache import EngineCache, cache_key
 from ..devices import GpuDevice, gpu_fingerprint
 from ..pipeline import ArtifactResult, EngineResult
 from .profiles import InputProfile
+from .runtime import TrtDistribution
 
-__all__ = ["PLAN_FILE", "TRT_ENGINE_VERSION", "BuildOptions", "build_plan", "prepare_trt_plan", "trt_plan_fields"]
+__all__ = [
+    "HARDWARE_COMPATIBILITY_LEVELS",
+    "PLAN_FILE",
+    "TRT_ENGINE_VERSION",
+    "BuildOptions",
+    "build_plan",
+    "distinct_devices",
+    "hardware_level",
+    "prepare_trt_plan",
+    "trt_plan_fields",
+]
 
 log = logging.getLogger("tensorgate.engines.tensorrt")
 
 PLAN_FILE = "model.plan"
-TRT_ENGINE_VERSION = 1
+TRT_ENGINE_VERSION = 2  # 2: keyed on the TensorRT distribution, one profile per instance
 DEFAULT_WORKSPACE = 1 << 30  # Triton's default max_workspace_size_bytes
 DEFAULT_OPT_LEVEL = 3
+HARDWARE_COMPATIBILITY_LEVELS = ("NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY")
 
 Progress = Callable[[str], None]
 
@@ -41,45 +53,62 @@ class BuildOptions:
     """Builder settings (Triton's ORT-TRT keys where they exist).
 
     Args:
-        profiles: one optimization profile (min/opt/max per input).
+        profiles: the optimization profile (min/opt/max per input).
         workspace_bytes: max_workspace_size_bytes.
         optimization_level: trt_builder_optimization_level (0-5).
-        hardware_compatibility: "NONE", "AMPERE_PLUS" or "SAME_COMPUTE_CAPABILITY".
+        hardware_compatibility: trt_hardware_compatibility_level: "NONE", "AMPERE_PLUS" or
+            "SAME_COMPUTE_CAPABILITY".
+        profile_copies: identical copies of the profile in the plan, one per concurrent execution context
+            on a GPU (``profiles.assign_profiles``).
+        detailed_profiling: ``ProfilingVerbosity.DETAILED``, so the engine inspector shows each layer's
+            tactic and formats (``tensorgate doctor --full`` checks INT8 kernels with it).
     """
 
     profiles: tuple[InputProfile, ...] = field(default_factory=tuple)
     workspace_bytes: int = DEFAULT_WORKSPACE
     optimization_level: int = DEFAULT_OPT_LEVEL
     hardware_compatibility: str = "NONE"
+    profile_copies: int = 1
+    detailed_profiling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hardware_compatibility not in HARDWARE_COMPATIBILITY_LEVELS:
+            raise EngineLoadError(
+                f"trt_hardware_compatibility_level must be one of {', '.join(HARDWARE_COMPATIBILITY_LEVELS)}, "
+                f"got '{self.hardware_compatibility}'"
+            )
+        if self.profile_copies < 1:
+            raise EngineLoadError(f"a plan needs at least one optimization profile, got {self.profile_copies}")
 
     def key_fields(self) -> dict[str, Any]:
         return {
             "profiles": [[p.name, list(p.min), list(p.opt), list(p.max)] for p in self.profiles],
+            "profile_copies": self.profile_copies,
             "workspace_bytes": self.workspace_bytes,
             "optimization_level": self.optimization_level,
             "hardware_compatibility": self.hardware_compatibility,
+            **({"detailed_profiling": True} if self.detailed_profiling else {}),
         }
 
 
 def trt_plan_fields(
-    artifact_key: str, device: GpuDevice, tensorrt_version: str, cuda_runtime: int, options: BuildOptions
+    artifact_key: str, device: GpuDevice, tensorrt: TrtDistribution, options: BuildOptions
 ) -> dict[str, Any]:
-    """Everything that makes a plan valid: the artifact, TensorRT, CUDA, the GPU, the profiles and options.
+    """Everything that makes a plan valid: the artifact, the TensorRT build, the GPU, the profiles and options.
 
     Args:
         artifact_key: the precision artifact's key.
         device: the GPU it is built on.
-        tensorrt_version: full TensorRT version.
-        cuda_runtime: CUDA runtime version (e.g. 13050).
+        tensorrt: the installed TensorRT distribution (its CUDA major, not cuda-bindings', goes in the key).
         options: builder settings.
 
     Returns:
         The cache key fields; identical GPUs give identical fields.
     """
-    fingerprint = gpu_fingerprint(device, tensorrt_version, cuda_runtime)
+    fingerprint = gpu_fingerprint(device, tensorrt.version, tensorrt.cuda_major)
     if options.hardware_compatibility == "AMPERE_PLUS":
         fingerprint = {"kind": "gpu", "name": "ampere-plus", "compute_capability": "8.0+",
-                       "tensorrt": tensorrt_version, "cuda_major": cuda_runtime // 1000}
+                       "tensorrt": tensorrt.version, "cuda_major": tensorrt.cuda_major}
     elif options.hardware_compatibility == "SAME_COMPUTE_CAPABILITY":
         fingerprint = {k: v for k, v in fingerprint.items() if k not in ("name", "multiprocessors")}
         fingerprint["name"] = "same-compute-capability"
@@ -88,9 +117,32 @@ def trt_plan_fields(
         "engine": "tensorrt",
         "artifact": artifact_key,
         "device": fingerprint,
+        "tensorrt": tensorrt.key_fields(),
         "build": options.key_fields(),
         "strongly_typed": True,
     }
+
+
+def hardware_level(levels: Any, config_has_level: bool, requested: str) -> Any:
+    """The ``trt.HardwareCompatibilityLevel`` member for ``requested``, or None for "NONE".
+
+    Args:
+        levels: ``trt.HardwareCompatibilityLevel`` (None when this TensorRT has no such enum).
+        config_has_level: the builder config has ``hardware_compatibility_level``.
+        requested: the option's value.
+
+    Raises:
+        EngineLoadError: a level other than NONE that this TensorRT cannot build (the key would lie).
+    """
+    if requested == "NONE":
+        return None
+    member = getattr(levels, requested, None) if levels is not None else None
+    if member is None or not config_has_level:
+        raise EngineLoadError(
+            f"trt_hardware_compatibility_level {requested} is not supported by the installed TensorRT "
+            "(it has no such hardware compatibility level): use NONE or upgrade TensorRT"
+        )
+    return member
 
 
 class _TimingCache:
@@ -139,35 +191,43 @@ def build_plan(trt: Any, logger: Any, onnx_path: Path, options: BuildOptions, ti
     """Parse, configure and build one serialized plan on the current device.
 
     Raises:
-        EngineLoadError: parsing or building failed (with TensorRT's logged errors).
+        EngineLoadError: parsing or building failed (with TensorRT's logged errors), or an option this
+            TensorRT lacks.
     """
     from .runtime import logged_errors
 
-    logger.errors.clear()
-    builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
-        raise EngineLoadError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
-    if hasattr(config, "builder_optimization_level"):
-        config.builder_optimization_level = options.optimization_level
-    level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), options.hardware_compatibility, None)
-    if level is not None and hasattr(config, "hardware_compatibility_level"):
-        config.hardware_compatibility_level = level
-    if options.profiles:
-        profile = builder.create_optimization_profile()
-        for p in options.profiles:
-            profile.set_shape(p.name, p.min, p.opt, p.max)
-        config.add_optimization_profile(profile)
-    timing_cache = config.create_timing_cache(timing.load())
-    config.set_timing_cache(timing_cache, True)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise EngineLoadError(f"TensorRT build failed: {logged_errors(logger)}")
-    timing.save(config)
+    with logger.sink.capture() as errors:
+        builder = trt.Builder(logger)
+        if builder is None:
+            raise EngineLoadError(f"TensorRT could not create a builder: {logged_errors(errors)}")
+        network = builder.create_network(_network_flags(trt))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            detail = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
+            raise EngineLoadError(f"TensorRT cannot parse {onnx_path.name}: {detail}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+        if hasattr(config, "builder_optimization_level"):
+            config.builder_optimization_level = options.optimization_level
+        level = hardware_level(getattr(trt, "HardwareCompatibilityLevel", None),
+                               hasattr(config, "hardware_compatibility_level"), options.hardware_compatibility)
+        if level is not None:
+            config.hardware_compatibility_level = level
+        if options.detailed_profiling:
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if options.profiles:
+            for _ in range(options.profile_copies):  # one per concurrent execution context
+                profile = builder.create_optimization_profile()
+                for p in options.profiles:
+                    profile.set_shape(p.name, p.min, p.opt, p.max)
+                if config.add_optimization_profile(profile) < 0:
+                    raise EngineLoadError(f"TensorRT refused the optimization profile: {logged_errors(errors)}")
+        timing_cache = config.create_timing_cache(timing.load())
+        config.set_timing_cache(timing_cache, True)
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise EngineLoadError(f"TensorRT build failed: {logged_errors(errors)}")
+        timing.save(config)
     return bytes(memoryview(plan))
 
 
@@ -175,7 +235,7 @@ def prepare_trt_plan(
     cache: EngineCache,
     artifact: ArtifactResult,
     device: GpuDevice,
-    cuda_runtime: int,
+    tensorrt: TrtDistribution,
     options: BuildOptions,
     progress: Progress | None = None,
 ) -> EngineResult:
@@ -185,7 +245,7 @@ def prepare_trt_plan(
         cache: the engine cache.
         artifact: the accepted precision artifact.
         device: the GPU to build on.
-        cuda_runtime: CUDA runtime version.
+        tensorrt: the installed TensorRT distribution (``runtime.installed_tensorrt``).
         options: builder settings.
         progress: told each step's name.
 
@@ -200,7 +260,11 @@ def prepare_trt_plan(
     from .runtime import load_tensorrt, make_logger
 
     trt = load_tensorrt()
-    fields = trt_plan_fields(artifact.key, device, str(trt.__version__), cuda_runtime, options)
+    imported = str(trt.__version__)
+    if not (imported.startswith(tensorrt.version) or tensorrt.version.startswith(imported)):
+        raise EngineLoadError(f"the imported TensorRT is {trt.__version__}, but the installed distribution "
+                              f"{tensorrt.name} is {tensorrt.version}: reinstall one TensorRT")
+    fields = trt_plan_fields(artifact.key, device, tensorrt, options)
     device_id = fingerprint_id(fields["device"])
     key = cache_key(fields)
 
@@ -218,12 +282,12 @@ def prepare_trt_plan(
     return EngineResult(entry.file(PLAN_FILE), key, device_id, hit, entry.build_seconds, entry.metadata)
 
 
-def distinct_devices(devices: Sequence[GpuDevice], tensorrt_version: str, cuda_runtime: int) -> list[GpuDevice]:
+def distinct_devices(devices: Sequence[GpuDevice], tensorrt: TrtDistribution) -> list[GpuDevice]:
     """One device per fingerprint: identical GPUs share one plan, so only one of them builds."""
     seen: set[str] = set()
     out = []
     for dev in devices:
-        fp = cache_key(gpu_fingerprint(dev, tensorrt_version, cuda_runtime))
+        fp = cache_key(gpu_fingerprint(dev, tensorrt.version, tensorrt.cuda_major))
         if fp not in seen:
             seen.add(fp)
             out.append(dev)

@@ -16,7 +16,18 @@ import numpy.typing as npt
 
 from ..base import EngineError
 
-__all__ = ["CudaError", "DeviceBuffer", "HostBuffer", "Stream", "check", "memcpy_d2h", "memcpy_h2d", "set_device"]
+__all__ = [
+    "CudaError",
+    "DeviceBuffer",
+    "HostBuffer",
+    "Stream",
+    "check",
+    "error_name",
+    "mem_info",
+    "memcpy_d2h",
+    "memcpy_h2d",
+    "set_device",
+]
 
 
 class CudaError(EngineError):
@@ -29,13 +40,25 @@ def _rt() -> Any:
     return runtime
 
 
+def error_name(err: Any) -> str:
+    """The name of a runtime (``cudaError_t``) or driver (``CUresult``) error: each enum names its own members.
+
+    The runtime's ``cudaGetErrorName`` would misname a driver result (the codes differ), and the driver's
+    ``cuGetErrorName`` needs libcuda, which is what may be missing.
+    """
+    name = getattr(err, "name", None)
+    return f"{name} ({int(err)})" if name else f"CUDA error {int(err)}"
+
+
 def check(result: Any, what: str) -> Any:
-    """Raise CudaError unless ``result`` (cuda-python's tuple or bare error) is success; return its value."""
-    rt = _rt()
+    """Raise CudaError unless ``result`` (cuda-python's tuple or bare error, runtime or driver) is success.
+
+    Returns:
+        The call's value (a tuple when it has several), or None.
+    """
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != int(rt.cudaError_t.cudaSuccess):
-        _, name = rt.cudaGetErrorName(err)
-        raise CudaError(f"{what} failed: {name.decode()} ({int(err)})")
+    if int(err) != 0:  # cudaSuccess and CUDA_SUCCESS are both 0
+        raise CudaError(f"{what} failed: {error_name(err)}")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
@@ -43,6 +66,12 @@ def check(result: Any, what: str) -> Any:
 
 def set_device(index: int) -> None:
     check(_rt().cudaSetDevice(index), f"cudaSetDevice({index})")
+
+
+def mem_info() -> tuple[int, int]:
+    """(free, total) bytes of the current device."""
+    free, total = check(_rt().cudaMemGetInfo(), "cudaMemGetInfo")
+    return int(free), int(total)
 
 
 class Stream:

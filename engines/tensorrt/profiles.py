@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..base import EngineLoadError, TensorSpec
 
-__all__ = ["InputProfile", "compute_profiles", "format_shapes", "parse_shapes"]
+__all__ = ["InputProfile", "assign_profiles", "compute_profiles", "format_shapes", "parse_shapes", "profiles_needed"]
 
 Shape = tuple[int, ...]
 
@@ -90,6 +90,17 @@ def _explicit(spec: TensorSpec, lo: Shape, opt: Shape, hi: Shape) -> InputProfil
     return InputProfile(spec.name, lo, opt, hi)
 
 
+def _check_batch_axis(spec: TensorSpec, max_batch_size: int) -> None:
+    """A batch axis the ONNX fixes cannot take the profile 1..max_batch_size: say so before TensorRT does."""
+    fixed = spec.shape[0]
+    if fixed >= 0 and not fixed == max_batch_size == 1:
+        raise EngineLoadError(
+            f"input '{spec.name}' has a fixed first dim {fixed} in the ONNX model (shape {list(spec.shape)}), "
+            f"but max_batch_size {max_batch_size} makes it the batch axis (1..{max_batch_size}): export the "
+            "model with a dynamic batch dim, or set max_batch_size 0 and send the full shape"
+        )
+
+
 def compute_profiles(
     inputs: Sequence[TensorSpec],
     max_batch_size: int,
@@ -135,6 +146,7 @@ def compute_profiles(
         if max_batch_size > 0:
             if not dims:
                 raise EngineLoadError(f"input '{spec.name}' is a scalar but max_batch_size is {max_batch_size}")
+            _check_batch_axis(spec, max_batch_size)
             rest = dims[1:]
             lo: Shape = (1, *rest)
             opt: Shape = (opt_batch, *rest)
@@ -151,3 +163,40 @@ def compute_profiles(
             )
         profiles.append(InputProfile(spec.name, lo, opt, hi))
     return profiles
+
+
+def assign_profiles(instance_gpus: Sequence[int], profiles_per_plan: int) -> list[tuple[int, int]]:
+    """Give each instance its own optimization profile on its GPU.
+
+    TensorRT requires every execution context in concurrent use with dynamic
+    shapes to have its own profile (NvInferRuntime.h, ``setOptimizationProfileAsync``),
+    so a plan carries one copy of the profile per instance on a GPU and instance
+    k on a GPU takes profile k.
+
+    Args:
+        instance_gpus: the GPU of each instance, in creation order.
+        profiles_per_plan: how many (identical) profiles the plans were built with.
+
+    Returns:
+        (gpu, profile index) per instance, in the same order.
+
+    Raises:
+        EngineLoadError: a GPU has more instances than the plan has profiles.
+    """
+    seen: dict[int, int] = {}
+    out = []
+    for gpu in instance_gpus:
+        index = seen.get(gpu, 0)
+        if index >= profiles_per_plan:
+            raise EngineLoadError(
+                f"GPU {gpu} has {instance_gpus.count(gpu)} instances but the plan has {profiles_per_plan} "
+                "optimization profile(s): each concurrent execution context needs its own"
+            )
+        seen[gpu] = index + 1
+        out.append((gpu, index))
+    return out
+
+
+def profiles_needed(instance_gpus: Sequence[int]) -> int:
+    """Profiles a plan needs: the most instances any one GPU runs (at least 1)."""
+    return max((list(instance_gpus).count(g) for g in set(instance_gpus)), default=1) or 1
