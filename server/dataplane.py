@@ -15,7 +15,7 @@ from importlib.metadata import version as _dist_version
 
 from clients.pb import grpc_service_pb2 as pb
 
-from .errors import InvalidArgumentError, NotFoundError, ServerError
+from .errors import InvalidArgumentError, NotFoundError, ServerError, UnimplementedError
 from .registry import ModelRegistry
 from .request import InferRequest
 from .telemetry.hub import Telemetry
@@ -26,6 +26,7 @@ __all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
 SERVER_NAME = "tensorgate"
 # exactly the extensions whose RPCs and semantics work
 EXTENSIONS = (
+    "binary_tensor_data",
     "classification",
     "logging",
     "model_configuration",
@@ -123,6 +124,16 @@ class DataPlane:
             if mv.scheduler is not None:
                 response.model_stats.append(mv.scheduler.statistics.to_pb(mv.name, mv.version_str))
         return response
+
+    # ---- model control (gRPC and HTTP both call these) ----------------------------------
+
+    def repository_model_load(self, request: pb.RepositoryModelLoadRequest) -> None:
+        """RepositoryModelLoad / POST v2/repository/models/{m}/load (not built yet: UNIMPLEMENTED / 501)."""
+        raise UnimplementedError("model control (RepositoryModelLoad) is not implemented by this server yet")
+
+    def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest) -> None:
+        """RepositoryModelUnload / POST v2/repository/models/{m}/unload (not built yet: UNIMPLEMENTED / 501)."""
+        raise UnimplementedError("model control (RepositoryModelUnload) is not implemented by this server yet")
 
     # ---- inference ---------------------------------------------------------------
 

@@ -266,11 +266,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet"
         )
 
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "RepositoryModelLoad")
+    @_unary
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self._plane.repository_model_load(request)
+        return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "RepositoryModelUnload")
+    @_unary
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._plane.repository_model_unload(request)
+        return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "SystemSharedMemoryStatus")

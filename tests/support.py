@@ -28,6 +28,7 @@ class RunningServer:
 
     def __init__(self, repository: Path, **settings: object) -> None:
         settings.setdefault("telemetry", TelemetrySettings(metrics_port=0))  # never Triton's 8002 in tests
+        settings.setdefault("http_port", 0)  # nor its 8000
         self.settings = ServerSettings(grpc_port=0, exit_timeout_secs=5, **settings)  # type: ignore[arg-type]
         self.server = InferenceServer(self.settings, repository)
         self._loop = asyncio.new_event_loop()
@@ -46,6 +47,11 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.server.http is not None, "this server runs without HTTP"
+        return self.server.http.url
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(
@@ -88,9 +94,14 @@ def free_port() -> int:
 @contextmanager
 def serve_subprocess(repository: Path | None, *extra: str, env: dict[str, str] | None = None,
                      timeout: float = 180) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`tensorgate serve` in its own process; yields (process, port) once it prints its ready lines."""
+    """`tensorgate serve` in its own process; yields (process, port) once it prints its ready lines.
+
+    HTTP and metrics get free ports unless `extra` names them (never Triton's 8000 and 8002 in tests).
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "server", "serve", "--grpc-port", str(port), *extra]
+    cmd += [] if "--http-port" in extra else ["--http-port", "0"]
+    cmd += [] if "--metrics-port" in extra else ["--metrics-port", "0"]
     if repository is not None:
         cmd += ["--model-repository", str(repository)]
     proc = subprocess.Popen(
