@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from pathlib import Path
 
@@ -34,6 +35,19 @@ class PortError(OSError):
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc) or "the address is in use or not available"
+
+
+def _probe(host: str, port: int) -> None:
+    """Bind a plain socket where gRPC is about to bind: the clean errno, before grpc core logs its own line.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    host = host.strip("[]")
+    family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc core binds
+        sock.bind(where)
 
 
 class InferenceServer:
@@ -89,10 +103,16 @@ class InferenceServer:
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         address = f"{s.grpc_address}:{s.grpc_port}"
-        self.port = await self._transport.bind(address, options)
+        reason = "the address is in use or not available"
+        try:
+            if s.grpc_port and not s.reuse_port:
+                _probe(s.grpc_address, s.grpc_port)
+        except OSError as exc:
+            reason = _why(exc)
+        else:
+            self.port = await self._transport.bind(address, options)
         if self.port == 0:
-            raise PortError(f"cannot bind the gRPC port {address} (--grpc-port): the address is in use or "
-                            "not available")
+            raise PortError(f"cannot bind the gRPC port {address} (--grpc-port): {reason}")
         try:
             if self.http is not None:
                 where = f"{s.resolved_http_address}:{s.http_port}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import grpc
 
 from server.app import InferenceServer
 from server.demo.models import build_add_sub, build_mlp
+from server.http import Authorize
 from server.settings import ServerSettings
 from server.telemetry import TelemetrySettings
 
@@ -26,11 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class RunningServer:
     """An InferenceServer on its own event loop in a background thread (real gRPC on loopback)."""
 
-    def __init__(self, repository: Path, **settings: object) -> None:
+    def __init__(self, repository: Path, *, http_ssl: ssl.SSLContext | None = None,
+                 http_authorize: Authorize | None = None, **settings: object) -> None:
         settings.setdefault("telemetry", TelemetrySettings(metrics_port=0))  # never Triton's 8002 in tests
         settings.setdefault("http_port", 0)  # nor its 8000
         self.settings = ServerSettings(grpc_port=0, exit_timeout_secs=5, **settings)  # type: ignore[arg-type]
-        self.server = InferenceServer(self.settings, repository)
+        self.server = InferenceServer(self.settings, repository, http_ssl, http_authorize)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server-loop", daemon=True)
 
