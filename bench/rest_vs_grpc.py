@@ -37,8 +37,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for rep in range(args.repeats):
                 for c in args.concurrency:
                     for protocol in PROTOCOLS if rep % 2 == 0 else reversed(PROTOCOLS):
-                        r = run_perf_analyzer(urls[protocol], "mlp", c, window_ms=args.window_ms,
-                                              stability_percentage=1000, max_trials=3, protocol=protocol)
+                        for _ in range(3):  # a shared box can spoil even the loose stability rule: measure again
+                            r = run_perf_analyzer(urls[protocol], "mlp", c, window_ms=args.window_ms,
+                                                  stability_percentage=1000, max_trials=3, protocol=protocol)
+                            if not any("stable" in e for e in r.errors):
+                                break
                         if r.errors:
                             raise RuntimeError(f"perf_analyzer -i {protocol} c={c}: {r.errors[:3]}\n{r.output[-2000:]}")
                         m = {"infer_per_sec": r.infer_per_sec, "p50_ms": r.p50_us / 1000, "batch": r.mean_batch}

@@ -48,10 +48,9 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
 
-# RPCs owned by later features: each answers UNIMPLEMENTED naming its feature
+# RPCs owned by later features: each answers UNIMPLEMENTED naming its feature (model control answers from
+# DataPlane.repository_model_load/unload, which HTTP calls too)
 UNIMPLEMENTED_FEATURES = {
-    "RepositoryModelLoad": "model control (RepositoryModelLoad)",
-    "RepositoryModelUnload": "model control (RepositoryModelUnload)",
     "SystemSharedMemoryStatus": "the system shared-memory extension",
     "SystemSharedMemoryRegister": "the system shared-memory extension",
     "SystemSharedMemoryUnregister": "the system shared-memory extension",

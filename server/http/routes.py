@@ -32,7 +32,7 @@ from .json_pb import (
     trace_setting_to_json,
 )
 from .status import error_response, http_status_for
-from .tensors import HEADER_LENGTH, decode_infer_body, encode_infer_response
+from .tensors import HEADER_LENGTH, decode_infer_body, encode_infer_response, parse_json
 
 __all__ = ["GROUPS", "Authorize", "allow_all", "make_http_app"]
 
@@ -73,12 +73,7 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 async def _body_json(request: web.Request) -> Any:
     """The JSON body, or {} when there is none."""
     raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidArgumentError(f"failed to parse the request JSON: {str(exc)[:200]}") from None
+    return parse_json(raw) if raw.strip() else {}
 
 
 def _model(request: web.Request) -> tuple[str, str]:

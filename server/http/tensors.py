@@ -34,7 +34,8 @@ from clients.pb import grpc_service_pb2 as pb
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["HEADER_LENGTH", "BinaryChoice", "decode_infer_body", "encode_infer_response"]
+__all__ = ["HEADER_LENGTH", "MAX_JSON_BYTES", "BinaryChoice", "decode_infer_body", "encode_infer_response",
+           "parse_json"]
 
 #: Triton's binary tensor data extension: the JSON header's length, the rest of the body is tensor bytes
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -42,6 +43,24 @@ _INT_RANGE: dict[str, tuple[int, int]] = {
     f"{prefix}{bits}": (int(np.iinfo(f"{kind}{bits // 8}").min), int(np.iinfo(f"{kind}{bits // 8}").max))
     for prefix, kind in (("INT", "i"), ("UINT", "u")) for bits in (8, 16, 32, 64)
 }
+
+
+#: the most JSON one request may carry: parsed JSON numbers take ~20x their text in Python objects, so a
+#: body that the byte limit allows could otherwise take gigabytes; tensors that large travel as binary data
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def parse_json(text: bytes | memoryview) -> Any:
+    """Parse a JSON document of bounded size (raises InvalidArgumentError)."""
+    if len(text) > MAX_JSON_BYTES:
+        raise InvalidArgumentError(
+            f"the request's JSON is {len(text)} bytes, more than the {MAX_JSON_BYTES // 2**20} MiB this server "
+            f"parses; send large tensors as binary data ({HEADER_LENGTH} and 'binary_data_size')"
+        )
+    try:
+        return json.loads(bytes(text))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgumentError(f"failed to parse the request JSON: {str(exc)[:200]}") from None
 
 
 class BinaryChoice:
@@ -194,11 +213,7 @@ def decode_infer_body(
             raise _bad(f"{HEADER_LENGTH} must be an integer, got {header_length[:32]!r}") from None
         if not 0 <= split <= len(body):
             raise _bad(f"{HEADER_LENGTH} {split} does not fit the {len(body)}-byte body")
-    try:
-        doc = json.loads(view[:split].tobytes())
-    except (ValueError, RecursionError) as exc:
-        raise _bad(f"failed to parse the request JSON: {str(exc)[:200]}") from None
-    doc = _object(doc, "the request body")
+    doc = _object(parse_json(view[:split]), "the request body")
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     request_id = doc.get("id")
     if request_id is not None:

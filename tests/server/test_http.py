@@ -315,3 +315,28 @@ def test_bf16_and_bytes_helpers_round_trip() -> None:
     assert _json_to_raw("x", "BYTES", [2], ["ab", "c"]) == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c"
     assert _json_to_raw("x", "BF16", [2], [1.0, -2.0]) == np.array([0x3F80, 0xC000], "<u2").tobytes()
     assert _json_to_raw("x", "BOOL", [2], [True, False]) == b"\x01\x00"
+
+
+def test_json_is_bounded_while_binary_data_is_not(http: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed JSON numbers cost ~20x their text: the JSON part has its own bound, binary tensors only the body's."""
+    monkeypatch.setattr("server.http.tensors.MAX_JSON_BYTES", 600)
+    r = http.post("/v2/models/simple/infer", json=_simple_json([1000] * 16, [1000] * 16, id="x" * 400))
+    assert r.status_code == 400 and "binary data" in r.json()["error"]
+    a = np.ones((8, 16), np.int32)
+    doc = {"inputs": [{"name": n, "shape": [8, 16], "datatype": "INT32", "parameters": {"binary_data_size": a.nbytes}}
+                      for n in ("INPUT0", "INPUT1")], "parameters": {"binary_data_output": True}}
+    body, headers = _binary_body(doc, a.tobytes(), a.tobytes())
+    assert len(body) > 600
+    assert http.post("/v2/models/simple/infer", content=body, headers=headers).status_code == 200
+
+
+def test_the_readme_curl_example_answers_as_printed(http: httpx.Client) -> None:
+    import re
+
+    from support import REPO_ROOT
+
+    found = re.search(r"curl -s 127\.0\.0\.1:8000/v2/models/simple/infer -d '(.*?)'", (REPO_ROOT / "README.md")
+                      .read_text(), re.S)
+    assert found, "the README's REST infer example went missing"
+    r = http.post("/v2/models/simple/infer", content=found.group(1).encode())
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == list(range(1, 17))
