@@ -11,6 +11,8 @@ plane (the same methods the gRPC servicers call), encode. Failures become
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -137,9 +139,6 @@ class _Routes:
             elif isinstance(value, int) and -(2**63) <= value < 2**63:
                 target[key].int64_param = value
             elif isinstance(value, str) and key.startswith("file:"):
-                import base64
-                import binascii
-
                 try:  # Triton's HTTP endpoint takes model files base64-encoded
                     target[key].bytes_param = base64.b64decode(value, validate=True)
                 except binascii.Error:
