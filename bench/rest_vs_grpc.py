@@ -1,6 +1,6 @@
 """REST vs gRPC on one server: perf_analyzer ``-i http`` and ``-i grpc`` against the same process, interleaved.
 
-    python -m bench.rest_vs_grpc [--concurrency 8,32] [--window-ms 4000] [--repeats 2]
+    python -m tensorgate.bench.rest_vs_grpc [--concurrency 8,32] [--window-ms 4000] [--repeats 2]
 
 One `tensorgate serve` holds the MLP (784-1024-1024-10, dynamic batching, as bench.throughput builds it) and
 serves both protocols from one data plane and one batcher, so the ratio REST/gRPC is the cost of the front end
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.rest_vs_grpc", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tensorgate.bench.rest_vs_grpc", description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", default=[8, 32], type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--window-ms", type=int, default=4000)
     p.add_argument("--repeats", type=int, default=2)

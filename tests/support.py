@@ -16,11 +16,11 @@ from pathlib import Path
 
 import grpc
 
-from server.app import InferenceServer
-from server.demo.models import build_add_sub, build_mlp
-from server.http import Authorize
-from server.settings import ServerSettings
-from server.telemetry import TelemetrySettings
+from tensorgate.server.app import InferenceServer
+from tensorgate.server.demo.models import build_add_sub, build_mlp
+from tensorgate.server.http import Authorize
+from tensorgate.server.settings import ServerSettings
+from tensorgate.server.telemetry import TelemetrySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def serve_subprocess(repository: Path | None, *extra: str, env: dict[str, str] |
     HTTP and metrics get free ports unless `extra` names them (never Triton's 8000 and 8002 in tests).
     """
     port = free_port()
-    cmd = [sys.executable, "-m", "server", "serve", "--grpc-port", str(port), *extra]
+    cmd = [sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", str(port), *extra]
     cmd += [] if "--http-port" in extra else ["--http-port", "0"]
     cmd += [] if "--metrics-port" in extra else ["--metrics-port", "0"]
     if repository is not None:

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from ..errors import InvalidArgumentError
 

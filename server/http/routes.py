@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from ..dataplane import DataPlane
 from ..errors import CancelledError, InvalidArgumentError, UnimplementedError

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.codec import (
+from tensorgate.clients.codec import (
     CodecError,
     datatype_to_numpy,
     element_count,
     numpy_to_raw,
     raw_to_numpy,
 )
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from ..errors import InvalidArgumentError
 

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 from support import RunningServer
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -310,7 +310,7 @@ def test_a_body_over_the_limit_is_413(test_repository: Any) -> None:
 
 def test_bf16_and_bytes_helpers_round_trip() -> None:
     """JSON -> raw for the datatypes without a numpy twin (the wire format Triton uses)."""
-    from server.http.tensors import _json_to_raw
+    from tensorgate.server.http.tensors import _json_to_raw
 
     assert _json_to_raw("x", "BYTES", [2], ["ab", "c"]) == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c"
     assert _json_to_raw("x", "BF16", [2], [1.0, -2.0]) == np.array([0x3F80, 0xC000], "<u2").tobytes()

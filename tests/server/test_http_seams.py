@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.http import GROUPS
 from support import running_server
+from tensorgate.server.http import GROUPS
 
 SIMPLE_BODY = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}
                           for n in ("INPUT0", "INPUT1")]}
@@ -98,7 +98,7 @@ def test_http_serves_beside_the_thread_flavour(test_repository: Path) -> None:
 
 
 def test_an_http_traceparent_joins_the_callers_trace(test_repository: Path, tmp_path: Path) -> None:
-    from server.telemetry import TelemetrySettings
+    from tensorgate.server.telemetry import TelemetrySettings
 
     out = tmp_path / "t.jsonl"
     trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"

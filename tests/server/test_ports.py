@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import _resolve_ports, build_parser
-from server.demo.repository import demo_repository_path
 from support import REPO_ROOT, free_port, serve_subprocess
+from tensorgate.server.cli import _resolve_ports, build_parser
+from tensorgate.server.demo.repository import demo_repository_path
 
 
 @pytest.fixture()
@@ -33,7 +33,7 @@ def taken() -> Iterator[int]:
 
 def _serve(*args: str, timeout: float = 60) -> tuple[int, str, float]:
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "server", "serve", *args], cwd=REPO_ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tensorgate.server", "serve", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ})
     return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 

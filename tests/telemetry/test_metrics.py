@@ -24,10 +24,10 @@ from telemetry_support import (
     write_failing_model,
 )
 
-from clients.pb import grpc_service_pb2 as pb
-from server.telemetry import TelemetrySettings
-from server.telemetry.metrics import GpuCollector
 from support import RunningServer, running_server, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.server.telemetry import TelemetrySettings
+from tensorgate.server.telemetry.metrics import GpuCollector
 
 LIMITED = BATCHING.replace('name: "simple"', 'name: "limited"').replace(
     "dynamic_batching { max_queue_delay_microseconds: 300000 }",
@@ -153,7 +153,7 @@ def test_allow_metrics_false_serves_none(telemetry_repo: Path) -> None:
 
 def test_a_taken_metrics_port_stops_the_start_naming_the_flag(telemetry_repo: Path) -> None:
     """Issue 12 part 4: a metrics port that cannot be bound is an error unless metrics are turned off."""
-    from server.app import PortError
+    from tensorgate.server.app import PortError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
