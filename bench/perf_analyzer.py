@@ -74,8 +74,11 @@ def run_perf_analyzer(
     timeout_s: float = 300,
     binary: Path | None = None,
     request_rate: int = 0,
+    protocol: str = "grpc",
 ) -> PerfResult:
     """One perf_analyzer measurement at one concurrency or fixed request rate (mode: sync, async, streaming).
+
+    ``protocol`` is perf_analyzer's ``-i``: grpc, or http (KServe v2 REST; `url` is then the HTTP endpoint).
 
     The stability rule is loose by default (100 %, 3 windows): on a shared 2-core box
     perf_analyzer's 10 % rule often never settles, and benchmarks here compare ratios
@@ -85,7 +88,7 @@ def run_perf_analyzer(
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "out.csv"
         cmd = [
-            str(exe), "-m", model, "-u", url, "-i", "grpc", "-b", str(batch_size),
+            str(exe), "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size),
             *(["--request-rate-range", f"{request_rate}:{request_rate}"] if request_rate
               else ["--concurrency-range", f"{concurrency}:{concurrency}"]),
             "--measurement-interval", str(window_ms),

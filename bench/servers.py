@@ -82,9 +82,9 @@ class ServerProcess:
 
 def start_tensorgate(repository: Path, extra: Sequence[str] = ()) -> ServerProcess:
     port = free_port()
-    # metrics on a free port too, so several servers can run side by side
+    # HTTP and metrics on free ports too, so several servers can run side by side
     cmd = [sys.executable, "-m", "tensorgate.server", "serve", "--model-repository", str(repository), "--grpc-port", str(port),
-           "--metrics-port", "0", *extra]
+           "--http-port", "0", "--metrics-port", "0", *extra]
     return ServerProcess(cmd, port, "serving inference.GRPCInferenceService")
 
 

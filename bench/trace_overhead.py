@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for name in names:
                 tree = trees[name]
-                extra = [] if name == "baseline" else ["--allow-metrics", "false"]
+                # gRPC is measured: this tree's servers run side by side without HTTP (Triton's port 8000)
+                extra = [] if name == "baseline" else ["--allow-metrics", "false", "--allow-http", "false"]
                 extra += rate1 if name == "rate1" else []
                 servers[name] = _start_from(tree, repo, extra) if tree else start_tensorgate(repo, extra)
                 print(f"{name:<9} port {servers[name].port}  server package: {_imported_from(tree)}", flush=True)

@@ -1,34 +1,68 @@
-"""The server's lifecycle: load models, serve gRPC (+ health, reflection), drain and stop.
+"""The server's lifecycle: bind, load models, serve gRPC (+ health, reflection) and HTTP, drain and stop.
 
-Order on start: load every model (in a worker thread, so the loop stays free),
-bind, start, mark ready (health SERVING). On stop: mark not ready (health
-NOT_SERVING) so load balancers move away, stop gRPC with a grace period so
-in-flight calls finish, then drain the schedulers.
+Order on start: bind every listening port (gRPC, HTTP, metrics) so a taken one
+fails at once with one line naming it and its flag, load every model (in a
+worker thread, so the loop stays free), start serving, mark ready (health
+SERVING). On stop: mark not ready (health NOT_SERVING) so load balancers move
+away, stop gRPC and HTTP with a grace period so in-flight calls finish, then
+drain the schedulers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from pathlib import Path
 
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
+from .http import Authorize, HttpEndpoint
 from .registry import ModelRegistry
 from .settings import ServerSettings
 from .shm import SharedMemoryRegions
 from .telemetry.hub import Telemetry
 from .transport import make_transport
 
-__all__ = ["InferenceServer"]
+__all__ = ["InferenceServer", "PortError"]
 
 log = logging.getLogger("tensorgate.app")
 
 
-class InferenceServer:
-    """One tensorgate server on one port."""
+class PortError(OSError):
+    """A listening port cannot be bound; the message names the address and the flag to change."""
 
-    def __init__(self, settings: ServerSettings, repository: Path) -> None:
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or "the address is in use or not available"
+
+
+def _probe(host: str, port: int) -> None:
+    """Bind a plain socket where gRPC is about to bind: the clean errno, before grpc core logs its own line.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    host = host.strip("[]")
+    family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc core binds
+        sock.bind(where)
+
+
+class InferenceServer:
+    """One tensorgate server: gRPC, HTTP and metrics endpoints over one data plane.
+
+    Args:
+        settings: the server settings.
+        repository: the model repository (it may not exist yet when ``bind`` runs: the demo is built after).
+        http_ssl: serve HTTPS with this context instead of plain HTTP.
+        http_authorize: the HTTP access-control hook (``server.http.Authorize``); default allow-all.
+    """
+
+    def __init__(self, settings: ServerSettings, repository: Path, http_ssl: ssl.SSLContext | None = None,
+                 http_authorize: Authorize | None = None) -> None:
         self.settings = settings
         self.registry = ModelRegistry(
             repository,
@@ -38,6 +72,12 @@ class InferenceServer:
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry,
                                SharedMemoryRegions(settings.allow_client_shm))
         self._transport = make_transport(settings.grpc_flavor, self.plane, settings.grpc_threads)
+        self.http = (
+            HttpEndpoint(self.plane, http_ssl, http_authorize, settings.max_receive_message_bytes)
+            if settings.allow_http
+            else None
+        )
+        self._bound = False
         self._serving = False
         self.port = 0
 
@@ -49,9 +89,14 @@ class InferenceServer:
     def ready(self) -> bool:
         return self.plane.ready
 
-    async def start(self) -> None:
-        """Load the repository, bind and start serving."""
-        await asyncio.get_running_loop().run_in_executor(None, self.registry.load_all)
+    async def bind(self) -> None:
+        """Bind every listening port before anything slow happens.
+
+        Raises:
+            PortError: a port cannot be bound (one line: the address, the flag, the reason).
+        """
+        if self._bound:
+            return
         s = self.settings
         options = [
             ("grpc.max_send_message_length", s.max_send_message_bytes),
@@ -60,11 +105,55 @@ class InferenceServer:
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         address = f"{s.grpc_address}:{s.grpc_port}"
-        self.telemetry.start(s.grpc_address)  # tracing (a bad trace file fails here), the metrics endpoint
-        self.port = await self._transport.start(address, options)
+        reason = "the address is in use or not available"
+        try:
+            if s.grpc_port and not s.reuse_port:
+                _probe(s.grpc_address, s.grpc_port)
+        except OSError as exc:
+            reason = _why(exc)
+        else:
+            self.port = await self._transport.bind(address, options)
         if self.port == 0:
-            self.telemetry.stop()
-            raise OSError(f"cannot bind {address}")
+            raise PortError(f"cannot bind the gRPC port {address} (--grpc-port): {reason}")
+        try:
+            if self.http is not None:
+                where = f"{s.resolved_http_address}:{s.http_port}"
+                try:
+                    self.http.bind(s.resolved_http_address, s.http_port, s.reuse_port)
+                except OSError as exc:
+                    raise PortError(f"cannot bind the HTTP port {where} (--http-port; --allow-http false turns "
+                                    f"HTTP off): {_why(exc)}") from None
+            t = s.telemetry
+            try:
+                self.telemetry.bind(s.grpc_address)
+            except OSError as exc:
+                where = f"{t.metrics_address or s.grpc_address}:{t.metrics_port}"
+                raise PortError(f"cannot bind the metrics port {where} (--metrics-port; --allow-metrics false "
+                                f"turns metrics off): {_why(exc)}") from None
+        except PortError:
+            await self._release()
+            raise
+        self._bound = True
+
+    async def _release(self) -> None:
+        """Close what ``bind`` opened (a later port failed)."""
+        await self._transport.stop(0)
+        if self.http is not None:
+            await self.http.stop()
+        self.telemetry.stop()
+
+    async def start(self) -> None:
+        """Bind (unless done), load the repository, start serving."""
+        await self.bind()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.registry.load_all)
+            self.telemetry.start(self.settings.grpc_address)  # tracing (a bad trace file fails here), metrics
+        except BaseException:
+            await self._release()
+            raise
+        await self._transport.start()
+        if self.http is not None:
+            await self.http.start(self.settings.exit_timeout_secs)
         self._serving = True
         self.plane.accepting = True
         await self._publish_health()
@@ -83,7 +172,8 @@ class InferenceServer:
             return
         await self._publish_health()
         grace = self.settings.exit_timeout_secs if grace is None else grace
-        await self._transport.stop(grace)
+        stops = [self._transport.stop(grace)] + ([self.http.stop()] if self.http is not None else [])
+        await asyncio.gather(*stops)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
         self.plane.shm.close()  # nothing stays mapped
@@ -92,6 +182,8 @@ class InferenceServer:
     def summary(self) -> list[str]:
         """Startup lines: where it listens and each model's state."""
         lines = [f"tensorgate serving inference.GRPCInferenceService on {self.address}"]
+        if self.http is not None:
+            lines.append(f"tensorgate serving KServe v2 REST (Triton HTTP) on {self.http.url}")
         for entry in self.registry.index():
             version = entry.version or "-"
             detail = f" ({entry.reason})" if entry.reason else ""

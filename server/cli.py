@@ -49,8 +49,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="interface to listen on (default 127.0.0.1; use 0.0.0.0 in a container so other hosts can reach it)",
     )
     p.add_argument(
-        "--grpc-port", type=int, default=int(_env("GRPC_PORT", "8001") or 8001), help="gRPC port (default 8001)"
+        "--grpc-port", type=int, default=int(_env("GRPC_PORT", "-1") or -1),
+        help="gRPC port (default 8001, or --base-port + 1)",
     )
+    _add_http_flags(p)
     p.add_argument(
         "--grpc-max-message-bytes",
         type=int,
@@ -115,6 +117,35 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_telemetry_flags(p)  # --trace-config, --metrics-port, --allow-metrics, --log-format, ...
     p.set_defaults(handler=_serve)
+
+
+def _add_http_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-http", type=_bool, default=_bool(_env("ALLOW_HTTP", "true") or "true"), metavar="BOOL",
+        help="serve KServe v2 REST / Triton's HTTP protocol beside gRPC (default true)",
+    )
+    p.add_argument(
+        "--http-port", type=int, default=int(_env("HTTP_PORT", "-1") or -1),
+        help="HTTP port (default 8000, or --base-port); a port that cannot be bound stops the start unless "
+        "--allow-http false",
+    )
+    p.add_argument("--http-address", default=_env("HTTP_ADDRESS"),
+                   help="HTTP interface (default: the --grpc-address)")
+    p.add_argument(
+        "--base-port", type=int, default=int(_env("BASE_PORT", "-1") or -1), metavar="N",
+        help="move all three endpoints off Triton's ports at once: HTTP on N, gRPC on N+1, metrics on N+2 "
+        "(Triton's 8000/8001/8002 layout); an explicit --http-port/--grpc-port/--metrics-port wins",
+    )
+
+
+def _resolve_ports(args: argparse.Namespace) -> None:
+    """Unset ports (-1) take --base-port + offset, else Triton's defaults."""
+    base = args.base_port
+    if base >= 0 and base + 2 > 65535:
+        raise SystemExit(f"tensorgate serve: error: --base-port {base}: N+2 must be a port (at most 65535)")
+    for name, offset in (("http_port", 0), ("grpc_port", 1), ("metrics_port", 2)):
+        if getattr(args, name) < 0:
+            setattr(args, name, base + offset if base >= 0 else 8000 + offset)
 
 
 def _add_engine_cache_flags(p: argparse.ArgumentParser) -> None:
@@ -228,12 +259,16 @@ def _demo_repository(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .telemetry.logs import configure_logs
 
+    _resolve_ports(args)
     telemetry = telemetry_settings_from_args(args)  # exits with the reason on a bad --trace-config
     configure_logs(telemetry, args.log_verbose)  # --log-format, --log-file, --log-info/-warning/-error
     settings = ServerSettings(
         model_repository=args.model_repository,
         grpc_address=args.grpc_address,
         grpc_port=args.grpc_port,
+        allow_http=args.allow_http,
+        http_address=args.http_address,
+        http_port=args.http_port,
         max_send_message_bytes=args.grpc_max_message_bytes,
         max_receive_message_bytes=args.grpc_max_message_bytes,
         cache_dir=args.cache_dir,
@@ -258,19 +293,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] = ()) -> None:
     from .app import InferenceServer
+    from .demo.repository import build_demo_repository, demo_repository_path
     from .workers import spawn_workers, stop_workers
 
-    repository = settings.model_repository
-    if repository is None:
-        from .demo.repository import build_demo_repository
-
-        loop = asyncio.get_running_loop()
-        repository = await loop.run_in_executor(None, build_demo_repository, settings.resolved_cache_dir)
-    server = InferenceServer(settings, Path(repository))
-    await server.start()
     loop = asyncio.get_running_loop()
+    repository = settings.model_repository or demo_repository_path(settings.resolved_cache_dir)
+    server = InferenceServer(settings, Path(repository))
+    await server.bind()  # every port first: a taken one fails now, not after the models load
+    if settings.model_repository is None:
+        await loop.run_in_executor(None, build_demo_repository, settings.resolved_cache_dir)
+    await server.start()
+    http_port = server.http.port if server.http is not None else settings.http_port
     children = (
-        await loop.run_in_executor(None, spawn_workers, argv, workers - 1, Path(repository), server.port)
+        await loop.run_in_executor(None, spawn_workers, argv, workers - 1, Path(repository), server.port, http_port)
         if workers > 1
         else []
     )

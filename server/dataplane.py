@@ -15,7 +15,7 @@ from importlib.metadata import version as _dist_version
 
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
-from .errors import InvalidArgumentError, NotFoundError, ServerError
+from .errors import InvalidArgumentError, NotFoundError, ServerError, UnimplementedError
 from .registry import ModelRegistry
 from .request import InferRequest
 from .shm import SharedMemoryRegions
@@ -27,6 +27,7 @@ __all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
 SERVER_NAME = "tensorgate"
 # exactly the extensions whose RPCs and semantics work
 EXTENSIONS = (
+    "binary_tensor_data",
     "classification",
     "logging",
     "model_configuration",
@@ -156,6 +157,15 @@ class DataPlane:
 
     def cuda_shm_unregister(self, name: str) -> pb.CudaSharedMemoryUnregisterResponse:
         return pb.CudaSharedMemoryUnregisterResponse()
+    # ---- model control (gRPC and HTTP both call these) ----------------------------------
+
+    def repository_model_load(self, request: pb.RepositoryModelLoadRequest) -> None:
+        """RepositoryModelLoad / POST v2/repository/models/{m}/load (not built yet: UNIMPLEMENTED / 501)."""
+        raise UnimplementedError("model control (RepositoryModelLoad) is not implemented by this server yet")
+
+    def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest) -> None:
+        """RepositoryModelUnload / POST v2/repository/models/{m}/unload (not built yet: UNIMPLEMENTED / 501)."""
+        raise UnimplementedError("model control (RepositoryModelUnload) is not implemented by this server yet")
 
     # ---- inference ---------------------------------------------------------------
 

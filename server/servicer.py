@@ -50,10 +50,9 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
 
-# RPCs owned by later features: each answers UNIMPLEMENTED naming its feature
+# RPCs owned by later features: each answers UNIMPLEMENTED naming its feature (model control answers from
+# DataPlane.repository_model_load/unload, which HTTP calls too)
 UNIMPLEMENTED_FEATURES = {
-    "RepositoryModelLoad": "model control (RepositoryModelLoad)",
-    "RepositoryModelUnload": "model control (RepositoryModelUnload)",
     "CudaSharedMemoryRegister": "the CUDA shared-memory extension",
 }
 
@@ -263,11 +262,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet"
         )
 
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "RepositoryModelLoad")
+    @_unary
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self._plane.repository_model_load(request)
+        return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "RepositoryModelUnload")
+    @_unary
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._plane.repository_model_unload(request)
+        return pb.RepositoryModelUnloadResponse()
 
     @_unary
     async def SystemSharedMemoryStatus(

@@ -172,11 +172,17 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _unimplemented(self, context: Any, rpc: str) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet")
 
-    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "RepositoryModelLoad")
+    def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self._call(context, self._plane.repository_model_load, request)
+        return pb.RepositoryModelLoadResponse()
 
-    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "RepositoryModelUnload")
+    def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._call(context, self._plane.repository_model_unload, request)
+        return pb.RepositoryModelUnloadResponse()
 
     def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest, context: Any

@@ -31,6 +31,9 @@ class ServerSettings:
         model_repository: the repository to serve; None serves the built-in demo repository.
         grpc_address: interface to bind (0.0.0.0 in containers).
         grpc_port: port to bind; 0 picks a free one.
+        allow_http: serve KServe v2 REST / Triton's HTTP protocol too (Triton's --allow-http).
+        http_address: its interface; None = the gRPC address.
+        http_port: its port (Triton's 8000); 0 picks a free one.
         max_send_message_bytes / max_receive_message_bytes: gRPC message limits.
         cache_dir: where the demo repository (and later engine caches) are built.
         strict_readiness: ServerReady only when every model is ready (Triton's default);
@@ -51,6 +54,9 @@ class ServerSettings:
     model_repository: Path | None = None
     grpc_address: str = "127.0.0.1"
     grpc_port: int = 8001
+    allow_http: bool = True
+    http_address: str | None = None
+    http_port: int = 8000
     max_send_message_bytes: int = MAX_MESSAGE_BYTES
     max_receive_message_bytes: int = MAX_MESSAGE_BYTES
     cache_dir: Path | None = None
@@ -64,6 +70,10 @@ class ServerSettings:
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     allow_client_shm: bool = False
+
+    @property
+    def resolved_http_address(self) -> str:
+        return self.http_address or self.grpc_address
 
     @property
     def resolved_cache_dir(self) -> Path:

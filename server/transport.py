@@ -34,8 +34,20 @@ def _status(serving: bool) -> Any:
     return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def _add_port(server: Any, address: str) -> int:
+    """Bind now; 0 when the address cannot be bound (grpcio raises RuntimeError or returns 0)."""
+    try:
+        return int(server.add_insecure_port(address))
+    except RuntimeError:
+        return 0
+
+
 class Transport(Protocol):
-    async def start(self, address: str, options: list[tuple[str, Any]]) -> int: ...
+    async def bind(self, address: str, options: list[tuple[str, Any]]) -> int:
+        """Create the server and bind its port (0 = could not bind); serving waits for ``start``."""
+        ...
+
+    async def start(self) -> None: ...
 
     async def set_serving(self, serving: bool) -> None: ...
 
@@ -62,18 +74,21 @@ class AioTransport:
         self._health = _AioHealth()
         self._server: grpc.aio.Server | None = None
 
-    async def start(self, address: str, options: list[tuple[str, Any]]) -> int:
+    async def bind(self, address: str, options: list[tuple[str, Any]]) -> int:
         from .servicer import InferenceServicer
 
         server = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_SERVICES, server)
-        port = server.add_insecure_port(address)
+        port = _add_port(server, address)
         if port:
-            await server.start()
             self._server = server
         return port
+
+    async def start(self) -> None:
+        assert self._server is not None, "bind() first"
+        await self._server.start()
 
     async def set_serving(self, serving: bool) -> None:
         await self._health.set("", _status(serving))
@@ -96,7 +111,7 @@ class ThreadTransport:
         self._health = _SyncHealth()
         self._server: grpc.Server | None = None
 
-    async def start(self, address: str, options: list[tuple[str, Any]]) -> int:
+    async def bind(self, address: str, options: list[tuple[str, Any]]) -> int:
         from .servicer_sync import SyncInferenceServicer
 
         pool = futures.ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="tg-grpc")
@@ -104,11 +119,16 @@ class ThreadTransport:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(SyncInferenceServicer(self._plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_SERVICES, server)
-        port = server.add_insecure_port(address)
+        port = _add_port(server, address)
         if port:
-            server.start()
             self._server = server
+        else:
+            pool.shutdown(wait=False)
         return port
+
+    async def start(self) -> None:
+        assert self._server is not None, "bind() first"
+        self._server.start()
 
     async def set_serving(self, serving: bool) -> None:
         self._health.set("", _status(serving))

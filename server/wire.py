@@ -258,9 +258,14 @@ def encode_response(request: InferRequest, shm: SharedMemoryRegions | None = Non
         if k:
             array = _classify(array, k, model.labels.get(name), model.batching)
             datatype = "BYTES"
-        tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape))
+        tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape)
+        tensors.append(tensor)
         if window is not None and shm is not None:
-            shm.write(window.region, window.offset, window.byte_size, numpy_to_raw(array, datatype))
+            data = numpy_to_raw(array, datatype)
+            shm.write(window.region, window.offset, window.byte_size, data)
+            # say where it went (the REST encoder reads this; gRPC clients know from their request)
+            tensor.parameters["shared_memory_region"].string_param = window.region
+            tensor.parameters["shared_memory_byte_size"].int64_param = len(data)
             raws.append(b"")
         else:
             raws.append(numpy_to_raw(array, datatype))

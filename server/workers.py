@@ -22,7 +22,7 @@ __all__ = ["spawn_workers", "stop_workers"]
 
 log = logging.getLogger("tensorgate.workers")
 
-_OWN_FLAGS = ("--workers", "--grpc-port", "--model-repository")
+_OWN_FLAGS = ("--workers", "--grpc-port", "--http-port", "--base-port", "--model-repository")
 
 
 def _strip(argv: Sequence[str]) -> list[str]:
@@ -49,11 +49,12 @@ def _relay(child: subprocess.Popen[bytes]) -> None:
         sys.stdout.flush()
 
 
-def spawn_workers(argv: Sequence[str], count: int, repository: Path, port: int,
+def spawn_workers(argv: Sequence[str], count: int, repository: Path, port: int, http_port: int = 8000,
                   timeout: float = 300) -> list[subprocess.Popen[bytes]]:
-    """Start `count` more server processes on `port` and wait until each one serves.
+    """Start `count` more server processes on `port` (and `http_port`) and wait until each one serves.
 
-    Their output is relayed to ours; a worker that fails to start is logged and stopped.
+    Their output is relayed to ours; a worker that fails to start is logged and stopped. Workers share the
+    gRPC and HTTP ports (SO_REUSEPORT) but serve no metrics endpoint: the first process owns that port.
     """
     args = _strip(argv)
     if args and args[0] == "serve":
@@ -61,7 +62,8 @@ def spawn_workers(argv: Sequence[str], count: int, repository: Path, port: int,
     children = []
     for index in range(count):
         cmd = [sys.executable, "-m", "tensorgate.server", "serve", *args, "--model-repository", str(repository),
-               "--grpc-port", str(port), "--workers", "1", "--reuse-port"]
+               "--grpc-port", str(port), "--http-port", str(http_port), "--workers", "1", "--reuse-port",
+               "--allow-metrics", "false"]
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert child.stdout is not None
         deadline = time.monotonic() + timeout

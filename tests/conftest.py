@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import RunningServer, write_model
+# The packages import only as tensorgate.*: take the checkout's root off sys.path (`python -m pytest` puts it
+# there), so a stray top-level `import server` fails here as it would for a user instead of loading a second
+# copy of the code that a monkeypatch or an isinstance check would silently miss.
+_ROOT = str(Path(__file__).resolve().parents[1])
+sys.path[:] = [p for p in sys.path if p not in ("", ".", _ROOT) and os.path.abspath(p) != _ROOT]
+
+from support import RunningServer, write_model  # noqa: E402
 
 SIMPLE_CONFIG = """
 name: "simple"

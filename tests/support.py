@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import grpc
 
 from tensorgate.server.app import InferenceServer
 from tensorgate.server.demo.models import build_add_sub, build_mlp
+from tensorgate.server.http import Authorize
 from tensorgate.server.settings import ServerSettings
 from tensorgate.server.telemetry import TelemetrySettings
 
@@ -26,10 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class RunningServer:
     """An InferenceServer on its own event loop in a background thread (real gRPC on loopback)."""
 
-    def __init__(self, repository: Path, **settings: object) -> None:
+    def __init__(self, repository: Path, *, http_ssl: ssl.SSLContext | None = None,
+                 http_authorize: Authorize | None = None, **settings: object) -> None:
         settings.setdefault("telemetry", TelemetrySettings(metrics_port=0))  # never Triton's 8002 in tests
+        settings.setdefault("http_port", 0)  # nor its 8000
         self.settings = ServerSettings(grpc_port=0, exit_timeout_secs=5, **settings)  # type: ignore[arg-type]
-        self.server = InferenceServer(self.settings, repository)
+        self.server = InferenceServer(self.settings, repository, http_ssl, http_authorize)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server-loop", daemon=True)
 
@@ -46,6 +50,11 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.server.http is not None, "this server runs without HTTP"
+        return self.server.http.url
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(
@@ -88,9 +97,14 @@ def free_port() -> int:
 @contextmanager
 def serve_subprocess(repository: Path | None, *extra: str, env: dict[str, str] | None = None,
                      timeout: float = 180) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`tensorgate serve` in its own process; yields (process, port) once it prints its ready lines."""
+    """`tensorgate serve` in its own process; yields (process, port) once it prints its ready lines.
+
+    HTTP and metrics get free ports unless `extra` names them (never Triton's 8000 and 8002 in tests).
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", str(port), *extra]
+    cmd += [] if "--http-port" in extra else ["--http-port", "0"]
+    cmd += [] if "--metrics-port" in extra else ["--metrics-port", "0"]
     if repository is not None:
         cmd += ["--model-repository", str(repository)]
     proc = subprocess.Popen(

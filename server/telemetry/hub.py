@@ -1,7 +1,7 @@
 """One server's telemetry: its tracer, its metrics endpoint, and the two settings RPCs.
 
-The app creates one ``Telemetry`` next to its registry, starts it once the gRPC
-port is bound and stops it after the models drained (so the last spans are
+The app creates one ``Telemetry`` next to its registry, binds its metrics port
+with the other ports before any model loads, starts it once gRPC is bound and stops it after the models drained (so the last spans are
 flushed). Transports reach it through the data plane: ``plane.telemetry.tracer``
 on the request path, ``trace_setting`` and ``log_settings`` for the RPCs.
 """
@@ -59,7 +59,6 @@ class Telemetry:
         self.registry = registry
         self.tracer = RequestTracer(self.settings.trace, version)  # raises ValueError on a bad --trace-config
         self.metrics: MetricsServer | None = None
-        self.metrics_error = ""
         self.gpus = 0
 
     def collectors(self) -> list[Collector]:
@@ -87,29 +86,30 @@ class Telemetry:
                 out.append(gpu)
         return out
 
-    def start(self, grpc_address: str) -> None:
-        """Start tracing and (unless disabled) the metrics endpoint.
-
-        A metrics port that cannot be bound is logged and the server goes on serving
-        inference: metrics are not worth refusing requests for.
+    def bind(self, default_address: str) -> None:
+        """Bind the metrics endpoint now, before any model loads (unless --allow-metrics false).
 
         Raises:
-            OSError: the trace file cannot be opened.
+            OSError: the metrics port cannot be bound; the app turns it into one line naming the flag.
         """
-        self.tracer.start()
-        if not self.settings.allow_metrics:
+        if not self.settings.allow_metrics or self.metrics is not None:
             return
         from .metrics_http import MetricsServer
 
         server = MetricsServer(self.collectors())
-        address = self.settings.metrics_address or grpc_address
-        try:
-            server.start(address, self.settings.metrics_port)
-        except OSError as exc:
-            self.metrics_error = f"cannot bind {address}:{self.settings.metrics_port}: {exc.strerror or exc}"
-            log.error("metrics endpoint disabled: %s", self.metrics_error)
-            return
+        server.bind(self.settings.metrics_address or default_address, self.settings.metrics_port)
         self.metrics = server
+
+    def start(self, grpc_address: str) -> None:
+        """Start tracing and serve the metrics endpoint (bound here unless ``bind`` ran).
+
+        Raises:
+            OSError: the trace file cannot be opened, or the metrics port cannot be bound.
+        """
+        self.tracer.start()
+        self.bind(grpc_address)
+        if self.metrics is not None:
+            self.metrics.serve()
 
     def stop(self) -> None:
         """Flush the last spans and close the endpoint."""
@@ -122,8 +122,6 @@ class Telemetry:
         lines = []
         if self.metrics is not None:
             lines.append(f"  metrics: {self.metrics.url}" + (f" ({self.gpus} GPU(s) through NVML)" if self.gpus else ""))
-        elif self.metrics_error:
-            lines.append(f"  metrics: disabled ({self.metrics_error})")
         if self.tracer.active or self.settings.trace_config:
             lines.append(f"  {self.tracer.describe()}")
         return lines

@@ -77,6 +77,12 @@ class MetricsServer:
 
     def start(self, address: str, port: int) -> int:
         """Bind and serve; returns the port (raises OSError when the address cannot be bound)."""
+        port = self.bind(address, port)
+        self.serve()
+        return port
+
+    def bind(self, address: str, port: int) -> int:
+        """Bind now (raises OSError); ``serve`` starts answering scrapes."""
         collectors = self.collectors
 
         class Handler(BaseHTTPRequestHandler):
@@ -99,9 +105,12 @@ class MetricsServer:
         self._httpd = httpd
         self.address = address
         self.port = int(httpd.server_address[1])
-        self._thread = threading.Thread(target=httpd.serve_forever, name="tg-metrics", daemon=True)
-        self._thread.start()
         return self.port
+
+    def serve(self) -> None:
+        assert self._httpd is not None, "bind() first"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="tg-metrics", daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
@@ -110,6 +119,8 @@ class MetricsServer:
 
     def stop(self) -> None:
         if self._httpd is not None:
-            self._httpd.shutdown()
+            if self._thread is not None:  # shutdown() waits for serve_forever: only when it runs
+                self._httpd.shutdown()
+                self._thread = None
             self._httpd.server_close()
             self._httpd = None

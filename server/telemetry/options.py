@@ -221,8 +221,9 @@ def add_telemetry_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--allow-metrics", type=_bool, default=_bool(_env("ALLOW_METRICS", "true")), metavar="BOOL",
                    help="serve Prometheus metrics on http://<metrics address>:<metrics port>/metrics (default true)")
-    g.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "8002")),
-                   help="metrics port (default 8002)")
+    g.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "-1")),
+                   help="metrics port (default 8002, or --base-port + 2); a port that cannot be bound stops the "
+                   "start unless --allow-metrics false")
     g.add_argument("--metrics-address", default=os.environ.get("TENSORGATE_METRICS_ADDRESS"),
                    help="metrics interface (default: the --grpc-address)")
     g.add_argument("--allow-gpu-metrics", type=_bool, default=_bool(_env("ALLOW_GPU_METRICS", "true")),
@@ -246,7 +247,7 @@ def telemetry_settings_from_args(args: Any) -> TelemetrySettings:
     return TelemetrySettings(
         trace_config=tuple(args.trace_config or ()),
         allow_metrics=args.allow_metrics,
-        metrics_port=args.metrics_port,
+        metrics_port=8002 if args.metrics_port < 0 else args.metrics_port,
         metrics_address=args.metrics_address,
         allow_gpu_metrics=args.allow_gpu_metrics,
         allow_cpu_metrics=args.allow_cpu_metrics,

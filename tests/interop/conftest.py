@@ -3,7 +3,7 @@
 The clients live in their own venvs at the repository root, made by setup_interop.sh (idempotent; it runs
 here once per session, so a plain ``pytest`` works on a fresh clone):
 
-* ``.venv-tritonclient``: the latest ``tritonclient[grpc]``. Its ``inference.*`` protobuf symbols clash with
+* ``.venv-tritonclient``: the latest ``tritonclient[grpc,http]``. Its ``inference.*`` protobuf symbols clash with
   tensorgate's, so it only ever runs in a subprocess (tritonclient_checks.py).
 * ``.venv-perf-analyzer``: ``tritonclient[grpc]==2.51.0`` (the last perf_analyzer binary that runs on glibc
   2.36) and ``nvidia-cuda-runtime-cu12`` for ``libcudart.so.12``.
@@ -31,7 +31,7 @@ from interop_support import (
     client_env,
 )
 
-from support import REPO_ROOT, serve_subprocess, write_model
+from support import REPO_ROOT, free_port, serve_subprocess, write_model
 
 SIMPLE_CONFIG = """
 name: "simple"
@@ -84,5 +84,7 @@ def interop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def interop_server(interop_env: InteropEnv, interop_repository: Path) -> Iterator[InteropServer]:
     # client shared memory on: test_shared_memory drives the extension with tritonclient and perf_analyzer
-    with serve_subprocess(interop_repository, "--allow-client-shm", "true") as (proc, port):
-        yield InteropServer(proc, port)
+    http_port = free_port()
+    with serve_subprocess(interop_repository, "--http-port", str(http_port), "--allow-client-shm", "true") \
+            as (proc, port):
+        yield InteropServer(proc, port, http_port)

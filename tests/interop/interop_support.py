@@ -28,10 +28,16 @@ class InteropEnv:
 class InteropServer:
     proc: subprocess.Popen[str]
     port: int
+    http_port: int = 0
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """host:port of the KServe v2 REST endpoint, as tritonclient.http and perf_analyzer -i http take it."""
+        return f"127.0.0.1:{self.http_port}"
 
     def alive(self) -> bool:
         return self.proc.poll() is None

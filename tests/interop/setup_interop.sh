@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup for the interop tests (tests/interop), safe to run again and again:
 #
-#   .venv-tritonclient/    latest tritonclient[grpc]: the RPC checks (tritonclient_checks.py). tritonclient
+#   .venv-tritonclient/    latest tritonclient[grpc,http]: the RPC and REST checks (tritonclient_checks.py,
+#                          tritonclient_http_checks.py). tritonclient
 #                          registers protobuf symbols under inference.*, as tensorgate does, so it must run in
 #                          its own process and venv.
 #   .venv-perf-analyzer/   tritonclient[grpc]==2.51.0 + nvidia-cuda-runtime-cu12: bin/perf_analyzer. 2.52+ ship a
@@ -17,7 +18,7 @@ set -f  # requirement strings contain [brackets]: no globbing
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${INTEROP_PYTHON:-python3}"
-TC_REQ="${TRITONCLIENT_REQUIREMENT:-tritonclient[grpc]}"
+TC_REQ="${TRITONCLIENT_REQUIREMENT:-tritonclient[grpc,http]}"
 PA_REQ="${PERF_ANALYZER_REQUIREMENTS:-tritonclient[grpc]==2.51.0 nvidia-cuda-runtime-cu12}"
 MARKER=".tensorgate-interop-requirements"
 
@@ -88,7 +89,7 @@ ensure_libb64
 
 # shellcheck disable=SC2086  # the requirement lists are split on spaces on purpose
 ensure_venv "$ROOT/.venv-tritonclient" \
-    'bin/python -c "import tritonclient.grpc, tritonclient.grpc.aio, numpy"' \
+    'bin/python -c "import tritonclient.grpc, tritonclient.grpc.aio, tritonclient.http, tritonclient.http.aio, numpy"' \
     $TC_REQ
 # shellcheck disable=SC2086
 ensure_venv "$ROOT/.venv-perf-analyzer" \

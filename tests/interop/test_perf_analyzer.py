@@ -29,6 +29,7 @@ MODES = {
     "sync": [],  # perf_analyzer's default: synchronous ModelInfer, one thread per concurrent request
     "async": ["--async"],
     "streaming": ["--streaming"],  # ModelStreamInfer
+    "http": ["-i", "http"],  # KServe v2 REST: binary tensor data, v2/models/simple/{config,stats} as JSON
 }
 _ERROR = re.compile(r"error|failed|unable|cannot|exception", re.IGNORECASE)
 
@@ -49,8 +50,8 @@ def test_perf_analyzer(mode: str, interop_env: InteropEnv, interop_server: Inter
     cmd = [
         str(interop_env.perf_analyzer),
         "-m", "simple",
-        "-u", interop_server.url,
-        "-i", "grpc",
+        "-u", interop_server.http_url if mode == "http" else interop_server.url,
+        "-i", "grpc",  # the http mode's own "-i http" comes later and wins
         "--concurrency-range", f"{CONCURRENCY}:{CONCURRENCY}",
         "--measurement-interval", str(MEASUREMENT_MS),
         "--stability-percentage", "50",
@@ -91,6 +92,6 @@ def test_perf_analyzer(mode: str, interop_env: InteropEnv, interop_server: Inter
     print(
         f"[perf_analyzer {mode} summary] "
         + " | ".join(_line(output, label) for label in (
-            "Throughput", "Avg latency", "p99 latency", "Avg gRPC time", "Inference count", "Execution count",
+            "Throughput", "Avg latency", "p99 latency", "Avg gRPC time", "Avg HTTP time", "Inference count", "Execution count",
             "Avg request latency"))
     )

@@ -163,7 +163,7 @@ def test_build_command_then_a_warm_server(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", str(port), "--model-repository", str(repo),
-         "--engine-cache-dir", str(cache)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         "--engine-cache-dir", str(cache), "--http-port", "0", "--metrics-port", "0"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []
     try:

@@ -8,7 +8,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -152,14 +151,19 @@ def test_allow_metrics_false_serves_none(telemetry_repo: Path) -> None:
         assert not any("metrics" in line for line in handle.server.summary())
 
 
-def test_a_taken_metrics_port_leaves_inference_serving(telemetry_repo: Path) -> None:
+def test_a_taken_metrics_port_stops_the_start_naming_the_flag(telemetry_repo: Path) -> None:
+    """Issue 12 part 4: a metrics port that cannot be bound is an error unless metrics are turned off."""
+    from tensorgate.server.app import PortError
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with running_server(telemetry_repo, telemetry=TelemetrySettings(metrics_port=port)) as handle:
-            assert handle.server.telemetry.metrics is None
-            assert any("metrics: disabled (cannot bind" in line for line in handle.server.summary())
-            with ThreadPoolExecutor(2) as pool:
-                ids = list(pool.map(lambda i: stub_for(handle).ModelInfer(simple_request(f"{i}")).id, range(2)))
-            assert ids == ["0", "1"]
+        handle = RunningServer(telemetry_repo, telemetry=TelemetrySettings(metrics_port=port))
+        with pytest.raises(PortError, match=f"metrics port 127.0.0.1:{port} \\(--metrics-port"):
+            handle.start()
+        assert not handle.server.registry.names(), "models loaded before the ports were checked"
+        handle.stop()
+        off = TelemetrySettings(metrics_port=port, allow_metrics=False)
+        with running_server(telemetry_repo, telemetry=off) as handle:
+            assert stub_for(handle).ModelInfer(simple_request("0")).id == "0"
