@@ -15,9 +15,10 @@ from pathlib import Path
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .registry import ModelRegistry
+from .security.exposure import exposure_warning
 from .settings import ServerSettings
 from .telemetry.hub import Telemetry
-from .transport import make_transport
+from .transport import TransportSecurity, make_transport
 
 __all__ = ["InferenceServer"]
 
@@ -28,14 +29,21 @@ class InferenceServer:
     """One tensorgate server on one port."""
 
     def __init__(self, settings: ServerSettings, repository: Path) -> None:
+        """Raises ValueError (TlsError, AccessError) when certificates, tokens or restrictions cannot be used:
+        checked here, before any model loads."""
         self.settings = settings
+        self.policy = settings.security.policy()
+        self.certificates = settings.security.grpc_certificates()
+        self.metrics_certificates = settings.security.metrics_certificates(self.certificates)
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)
-        self._transport = make_transport(settings.grpc_flavor, self.plane, settings.grpc_threads)
+        self._transport = make_transport(
+            settings.grpc_flavor, self.plane, settings.grpc_threads, TransportSecurity(self.certificates, self.policy)
+        )
         self._serving = False
         self.port = 0
 
@@ -58,7 +66,9 @@ class InferenceServer:
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         address = f"{s.grpc_address}:{s.grpc_port}"
-        self.telemetry.start(s.grpc_address)  # tracing (a bad trace file fails here), the metrics endpoint
+        metrics_tls = self.metrics_certificates.ssl_context if self.metrics_certificates is not None else None
+        # tracing (a bad trace file fails here), the metrics endpoint
+        self.telemetry.start(s.grpc_address, metrics_tls)
         self.port = await self._transport.start(address, options)
         if self.port == 0:
             self.telemetry.stop()
@@ -66,6 +76,21 @@ class InferenceServer:
         self._serving = True
         self.plane.accepting = True
         await self._publish_health()
+        warning = exposure_warning(s.grpc_address, self.certificates is not None, self.policy)
+        if warning:
+            log.warning("%s", warning)
+
+    def reload_credentials(self) -> bool:
+        """SIGHUP: re-read certificates and the token file; new connections use them, open ones stay.
+
+        Returns False when a certificate could not be used (the old one stays, the log says why).
+        """
+        ok = True
+        for source in (self.certificates, self.metrics_certificates):
+            if source is not None:
+                ok = source.reload() and ok
+        self.policy.reload()
+        return ok
 
     async def _publish_health(self) -> None:
         # Triton answers SERVING exactly when the server is ready, for any service name
@@ -88,7 +113,9 @@ class InferenceServer:
 
     def summary(self) -> list[str]:
         """Startup lines: where it listens and each model's state."""
-        lines = [f"tensorgate serving inference.GRPCInferenceService on {self.address}"]
+        tls = " (TLS, client certificates required)" if self.certificates and self.certificates.mutual else (
+            " (TLS)" if self.certificates else "")
+        lines = [f"tensorgate serving inference.GRPCInferenceService on {self.address}{tls}"]
         for entry in self.registry.index():
             version = entry.version or "-"
             detail = f" ({entry.reason})" if entry.reason else ""

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .security.options import add_security_flags, security_settings_from_args
 from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
 from .telemetry.options import add_telemetry_flags, telemetry_settings_from_args
 
@@ -106,6 +107,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="verbose logging level: 0 = info (default), 1 or more = debug",
     )
     add_telemetry_flags(p)  # --trace-config, --metrics-port, --allow-metrics, --log-format, ...
+    add_security_flags(p)  # --grpc-use-ssl..., --grpc-restricted-protocol, --grpc-auth-token-file, ...
     p.set_defaults(handler=_serve)
 
 
@@ -208,10 +210,11 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_threads=args.grpc_threads,
         reuse_port=args.reuse_port or args.workers > 1,
         telemetry=telemetry,
+        security=security_settings_from_args(args),  # exits with the reason on inconsistent TLS flags
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # unusable port, certificate, token file
         log.error("%s", exc)
         return 1
     return 0
@@ -241,6 +244,8 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP re-reads certificates and tokens (in a worker thread: file reads stay off the loop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, server.reload_credentials))
     waiter = asyncio.ensure_future(server.wait())
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.exit_timeout_secs)

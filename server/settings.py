@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .security.options import SecuritySettings
 from .telemetry.options import TelemetrySettings
 
 __all__ = ["DEFAULT_ENGINE_CACHE_BYTES", "MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir"]
@@ -44,6 +45,7 @@ class ServerSettings:
             (default <cache_dir>/engines).
         engine_cache_max_bytes: the engine cache's size bound; least recently used entries go first.
         telemetry: traces (--trace-config), the metrics endpoint and log format (server.telemetry).
+        security: TLS, restricted groups, bearer tokens, metrics TLS (server.security).
     """
 
     model_repository: Path | None = None
@@ -61,6 +63,7 @@ class ServerSettings:
     engine_cache_dir: Path | None = None
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @property
     def resolved_cache_dir(self) -> Path:

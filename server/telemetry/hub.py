@@ -9,7 +9,7 @@ on the request path, ``trace_setting`` and ``log_settings`` for the RPCs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from clients.pb import grpc_service_pb2 as pb
@@ -19,6 +19,8 @@ from .options import TelemetrySettings
 from .tracing import RequestTracer
 
 if TYPE_CHECKING:
+    import ssl
+
     from prometheus_client.core import Metric
     from prometheus_client.registry import Collector
 
@@ -87,8 +89,8 @@ class Telemetry:
                 out.append(gpu)
         return out
 
-    def start(self, grpc_address: str) -> None:
-        """Start tracing and (unless disabled) the metrics endpoint.
+    def start(self, grpc_address: str, metrics_tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+        """Start tracing and (unless disabled) the metrics endpoint (HTTPS when ``metrics_tls`` gives contexts).
 
         A metrics port that cannot be bound is logged and the server goes on serving
         inference: metrics are not worth refusing requests for.
@@ -104,7 +106,7 @@ class Telemetry:
         server = MetricsServer(self.collectors())
         address = self.settings.metrics_address or grpc_address
         try:
-            server.start(address, self.settings.metrics_port)
+            server.start(address, self.settings.metrics_port, metrics_tls)
         except OSError as exc:
             self.metrics_error = f"cannot bind {address}:{self.settings.metrics_port}: {exc.strerror or exc}"
             log.error("metrics endpoint disabled: %s", self.metrics_error)

@@ -1,0 +1,187 @@
+"""Access control that any transport can ask: restricted groups (Triton's) and bearer tokens.
+
+A transport (the gRPC interceptors in ``grpc_guard.py``, a REST route) names the
+group a call belongs to and hands over its headers; ``AccessPolicy.check``
+answers ``None`` (allowed) or the ``Refusal`` to send back. Nothing here knows
+gRPC or HTTP: a refusal carries a transport-neutral kind that each transport
+maps to its own status (UNAVAILABLE / 503, UNAUTHENTICATED / 401).
+
+Triton's semantics for ``--grpc-restricted-protocol=<groups>:<key>=<value>``: a
+call in a restricted group must carry the header
+``triton-grpc-protocol-<key>: <value>``; otherwise it is refused with
+"This protocol is restricted, expecting header 'triton-grpc-protocol-<key>'".
+Beyond Triton, an optional token file: calls outside the exempt groups must
+carry ``authorization: Bearer <token>`` with a token listed in the file.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .tokens import TokenFile
+
+__all__ = [
+    "GROUPS",
+    "HEADER_PREFIX",
+    "AccessError",
+    "AccessPolicy",
+    "Refusal",
+    "RefusalKind",
+    "Restriction",
+    "parse_restriction",
+]
+
+#: Triton's restricted-protocol groups (its RestrictedCategory), in its order.
+GROUPS = (
+    "health",
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
+#: A restriction's key travels as this header (Triton's gRPC prefix).
+HEADER_PREFIX = "triton-grpc-protocol-"
+
+
+class AccessError(ValueError):
+    """A restriction or token setting that cannot be used (the server refuses to start)."""
+
+
+class RefusalKind(enum.Enum):
+    RESTRICTED = "restricted"  # gRPC UNAVAILABLE (Triton), HTTP 403
+    UNAUTHENTICATED = "unauthenticated"  # gRPC UNAUTHENTICATED, HTTP 401
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: RefusalKind
+    message: str
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """Calls in ``groups`` need the header ``header`` with the value ``value``."""
+
+    groups: frozenset[str]
+    key: str
+    value: str
+
+    @property
+    def header(self) -> str:
+        return HEADER_PREFIX + self.key
+
+
+def parse_restriction(text: str) -> Restriction:
+    """One ``--grpc-restricted-protocol`` value: ``<group>[,<group>...]:<key>=<value>``."""
+    groups_text, sep, pair = text.partition(":")
+    key, eq, value = pair.partition("=")
+    if not sep or not eq:
+        raise AccessError(f"restricted protocol {text!r}: expected <groups>:<key>=<value>")
+    groups = [g.strip() for g in groups_text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if not groups or unknown:
+        raise AccessError(
+            f"restricted protocol {text!r}: unknown group(s) {unknown or '(none given)'}; "
+            f"expected some of {', '.join(GROUPS)}"
+        )
+    key = key.strip().lower()  # gRPC metadata keys are lower case on the wire
+    if not key or not all(c.isalnum() or c in "-_." for c in key):
+        raise AccessError(f"restricted protocol {text!r}: the key must be letters, digits, '-', '_' or '.'")
+    if not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise AccessError(f"restricted protocol {text!r}: the value must be non-empty printable text")
+    return Restriction(frozenset(groups), key, value)
+
+
+def _by_group(restrictions: Sequence[Restriction]) -> dict[str, Restriction]:
+    table: dict[str, Restriction] = {}
+    for r in restrictions:
+        for group in r.groups:
+            if group in table:  # Triton refuses a group restricted twice
+                raise AccessError(f"group '{group}' is restricted more than once")
+            table[group] = r
+    return table
+
+
+class AccessPolicy:
+    """The decision for one call: allowed (``None``) or the refusal to answer with.
+
+    Args:
+        restrictions: parsed ``--grpc-restricted-protocol`` values; a group may appear in one only.
+        tokens: the bearer-token file, or None for no token check.
+        token_exempt_groups: groups that need no token (default: health, for probes and load balancers).
+    """
+
+    def __init__(
+        self,
+        restrictions: Sequence[Restriction] = (),
+        tokens: TokenFile | None = None,
+        token_exempt_groups: Iterable[str] = ("health",),
+    ) -> None:
+        self._restricted = _by_group(restrictions)
+        self._tokens = tokens
+        exempt = frozenset(token_exempt_groups)
+        unknown = sorted(exempt - set(GROUPS))
+        if unknown:
+            raise AccessError(f"unknown token-exempt group(s) {unknown}; expected some of {', '.join(GROUPS)}")
+        self._token_groups = frozenset(GROUPS) - exempt if tokens is not None else frozenset()
+
+    @property
+    def active(self) -> bool:
+        """Whether any call can be refused (no policy: the transport installs no check at all)."""
+        return bool(self._restricted) or bool(self._token_groups)
+
+    def guarded(self, group: str) -> bool:
+        """Whether a call in ``group`` needs a header (restriction or token)."""
+        return group in self._restricted or group in self._token_groups
+
+    @property
+    def headers(self) -> frozenset[str]:
+        """The header names the decisions read (lower case); a transport may pass only these."""
+        names = {r.header for r in self._restricted.values()}
+        if self._token_groups:
+            names.add("authorization")
+        return frozenset(names)
+
+    def check(self, group: str, headers: Mapping[str, str]) -> Refusal | None:
+        """Allow or refuse a call in ``group``; ``headers`` has lower-case names.
+
+        The token is checked before the restriction, so a caller without a token
+        learns nothing, not even the restricted header's name.
+        """
+        if group in self._token_groups:
+            assert self._tokens is not None
+            if not self._tokens.accepts(_bearer(headers.get("authorization", ""))):
+                return Refusal(RefusalKind.UNAUTHENTICATED, "missing or invalid bearer token")
+        restriction = self._restricted.get(group)
+        if restriction is not None:
+            sent = headers.get(restriction.header)
+            # compare_digest: the time taken says nothing about how much of the value matched
+            if sent is None or not hmac.compare_digest(sent.encode(), restriction.value.encode()):
+                return Refusal(
+                    RefusalKind.RESTRICTED,
+                    f"This protocol is restricted, expecting header '{restriction.header}'",
+                )
+        return None
+
+    def reload(self) -> None:
+        """Re-read the token file now (SIGHUP); it is also re-read when it changes."""
+        if self._tokens is not None:
+            self._tokens.reload()
+
+    def restricted_groups(self) -> frozenset[str]:
+        return frozenset(self._restricted)
+
+    def token_groups(self) -> frozenset[str]:
+        return self._token_groups
+
+
+def _bearer(value: str) -> str:
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
