@@ -244,8 +244,13 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP re-reads certificates and tokens (in a worker thread: file reads stay off the loop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, server.reload_credentials))
+
+    def reload() -> None:  # SIGHUP: certificates and tokens, here (off the loop) and in every worker process
+        loop.run_in_executor(None, server.reload_credentials)
+        for child in children:
+            child.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     waiter = asyncio.ensure_future(server.wait())
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.exit_timeout_secs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from security_support import Pki, make_pki
+from cert_support import Pki, make_pki
 
 from support import write_model
 

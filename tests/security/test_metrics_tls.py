@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from security_support import Pki, install
+from cert_support import Pki, install
 
 from server.security import SecuritySettings, TlsError, TlsSettings
 from server.telemetry import TelemetrySettings

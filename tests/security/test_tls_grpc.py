@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from security_support import Pki, install, peer_serial
+from cert_support import Pki, install, peer_serial
 
 from clients import AsyncInferenceClient, InferenceClient, InferenceServerError, InferInput
 from server.security import SecuritySettings, TlsSettings

@@ -1,4 +1,4 @@
-"""Real certificates for the TLS tests, made with the ``cryptography`` package (EC P-256, short-lived)."""
+"""Real certificates for the TLS tests (tests/security, tests/interop), made with ``cryptography`` (EC P-256)."""
 
 from __future__ import annotations
 
