@@ -89,9 +89,9 @@ def main(url: str, ca: str, cert: str, key: str, other_cert: str, other_key: str
                                                 "certificate_chain": other_cert}),
     ):
         with checks.check(f"{name}: refused cleanly") as info:
-            refused_client = grpcclient.InferenceServerClient(url, **kwargs)  # type: ignore[arg-type]
-            expect_error(lambda: refused_client.is_server_live(client_timeout=20), "StatusCode.UNAVAILABLE", info)
-            refused_client.close()
+            refused = grpcclient.InferenceServerClient(url, **kwargs)  # type: ignore[arg-type]
+            expect_error(lambda c=refused: c.is_server_live(client_timeout=20), "StatusCode.UNAVAILABLE", info)
+            refused.close()
     summary = checks.summary(url)
     print(json.dumps(summary, indent=1))
     return 1 if summary["failed"] else 0

@@ -30,7 +30,7 @@ def metrics_url(server: RunningServer) -> str:
 
 def test_metrics_over_https_with_the_grpc_pair_and_reloaded(alpha: Pki, beta: Pki, security_repository: Path,
                                                             tmp_path: Path) -> None:
-    cert, key, ca = install(alpha, tmp_path / "live")
+    cert, key, _ = install(alpha, tmp_path / "live")
     security = SecuritySettings(tls=TlsSettings(use_ssl=True, server_cert=cert, server_key=key),
                                 metrics_use_ssl=True)
     with running_server(security_repository, security=security) as server:

@@ -61,7 +61,7 @@ def served(port: int, pki: Pki) -> bool:
 
 
 def test_sighup_reloads_the_certificate(alpha: Pki, beta: Pki, security_repository: Path, tmp_path: Path) -> None:
-    cert, key, ca = install(alpha, tmp_path / "live")
+    cert, key, _ = install(alpha, tmp_path / "live")
     flags = ("--grpc-use-ssl", "--grpc-server-cert", str(cert), "--grpc-server-key", str(key),
              "--allow-metrics", "false")
     with serve_subprocess(security_repository, *flags) as (proc, port):
