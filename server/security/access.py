@@ -131,6 +131,8 @@ class AccessPolicy:
         if unknown:
             raise AccessError(f"unknown token-exempt group(s) {unknown}; expected some of {', '.join(GROUPS)}")
         self._token_groups = frozenset(GROUPS) - exempt if tokens is not None else frozenset()
+        names = {r.header for r in self._restricted.values()}
+        self._headers = frozenset(names | {"authorization"} if self._token_groups else names)
 
     @property
     def active(self) -> bool:
@@ -144,10 +146,7 @@ class AccessPolicy:
     @property
     def headers(self) -> frozenset[str]:
         """The header names the decisions read (lower case); a transport may pass only these."""
-        names = {r.header for r in self._restricted.values()}
-        if self._token_groups:
-            names.add("authorization")
-        return frozenset(names)
+        return self._headers
 
     def check(self, group: str, headers: Mapping[str, str]) -> Refusal | None:
         """Allow or refuse a call in ``group``; ``headers`` has lower-case names.
