@@ -120,4 +120,4 @@ class InferenceServer:
             version = entry.version or "-"
             detail = f" ({entry.reason})" if entry.reason else ""
             lines.append(f"  model {entry.name} version {version}: {entry.state}{detail}")
-        return lines + self.telemetry.summary()
+        return lines + self.policy.describe() + self.telemetry.summary()

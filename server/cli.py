@@ -47,7 +47,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--grpc-address",
         default=_env("GRPC_ADDRESS", "127.0.0.1"),
-        help="interface to listen on (default 127.0.0.1; use 0.0.0.0 in a container so other hosts can reach it)",
+        help="interface to listen on (default 127.0.0.1; use 0.0.0.0 in a container so other hosts can reach it, "
+        "with TLS and restrictions: README, Security)",
     )
     p.add_argument(
         "--grpc-port", type=int, default=int(_env("GRPC_PORT", "8001") or 8001), help="gRPC port (default 8001)"

@@ -169,6 +169,19 @@ class AccessPolicy:
                 )
         return None
 
+    def describe(self) -> list[str]:
+        """Start-up lines: what is guarded and how (never the values)."""
+        lines = []
+        for r in dict.fromkeys(self._restricted.values()):
+            groups = ", ".join(g for g in GROUPS if g in r.groups)
+            lines.append(f"  restricted: {groups} (header '{r.header}')")
+        if self._token_groups:
+            assert self._tokens is not None
+            exempt = [g for g in GROUPS if g not in self._token_groups]
+            lines.append(f"  bearer tokens: {len(self._tokens)} from {str(self._tokens.path)!r}, required on every "
+                         f"group{' but ' + ', '.join(exempt) if exempt else ''}")
+        return lines
+
     def reload(self) -> None:
         """Re-read the token file now (SIGHUP); it is also re-read when it changes."""
         if self._tokens is not None:

@@ -138,6 +138,9 @@ def test_unrestricted_groups_stay_open(security_repository: Path) -> None:
     restrictions = (parse_restriction("logging,trace,model-repository:admin=letmein"),)
     with running_server(security_repository, security=SecuritySettings(restrictions=restrictions)) as s, \
             InferenceClient(s.url) as client:
+        summary = "\n".join(s.server.summary())
+        assert "restricted: model-repository, trace, logging (header 'triton-grpc-protocol-admin')" in summary
+        assert "letmein" not in summary
         assert client.is_server_ready()
         assert client.get_model_metadata("simple").name == "simple"
         with pytest.raises(InferenceServerError, match="expecting header 'triton-grpc-protocol-admin'"):
@@ -176,7 +179,8 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def test_tokens_guard_every_group_but_health(token_server: tuple[RunningServer, Path]) -> None:
-    server, _ = token_server
+    server, tokens = token_server
+    assert f"bearer tokens: 2 from {str(tokens)!r}, required on every group but health" in "\n".join(server.server.summary())
     with InferenceClient(server.url) as client, server.channel() as channel:
         assert client.is_server_live() and client.is_server_ready()  # probes need no token
         for headers in ({}, bearer("wrong"), {"authorization": "first-token"}, bearer("")):
