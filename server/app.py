@@ -29,8 +29,8 @@ class InferenceServer:
     """One tensorgate server on one port."""
 
     def __init__(self, settings: ServerSettings, repository: Path) -> None:
-        """Raises ValueError (TlsError, AccessError) when certificates, tokens or restrictions cannot be used:
-        checked here, before any model loads."""
+        """Raises SecurityError when certificates, tokens or restrictions cannot be used: checked here,
+        before any model loads."""
         self.settings = settings
         self.policy = settings.security.policy()
         self.certificates = settings.security.grpc_certificates()

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .security.errors import SecurityError
 from .security.options import add_security_flags, security_settings_from_args
 from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
 from .telemetry.options import add_telemetry_flags, telemetry_settings_from_args
@@ -215,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))
-    except (OSError, ValueError) as exc:  # unusable port, certificate, token file
+    except (OSError, SecurityError) as exc:  # unusable port, certificate, token file
         log.error("%s", exc)
         return 1
     return 0

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-from .access import GROUPS, AccessError, AccessPolicy, Refusal, RefusalKind, Restriction, parse_restriction
+from .access import GROUPS, AccessPolicy, Refusal, RefusalKind, Restriction, parse_restriction
+from .errors import AccessError, SecurityError, TlsError, TokenFileError
 from .options import SecuritySettings, add_security_flags, security_settings_from_args
-from .tls import CertificateSource, TlsError, TlsSettings
+from .tls import CertificateSource, TlsSettings
 from .tokens import TokenFile
 
 __all__ = [
@@ -19,10 +20,12 @@ __all__ = [
     "Refusal",
     "RefusalKind",
     "Restriction",
+    "SecurityError",
     "SecuritySettings",
     "TlsError",
     "TlsSettings",
     "TokenFile",
+    "TokenFileError",
     "add_security_flags",
     "parse_restriction",
     "security_settings_from_args",

@@ -21,6 +21,7 @@ import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .errors import AccessError
 from .tokens import TokenFile
 
 __all__ = [
@@ -48,10 +49,6 @@ GROUPS = (
 )
 #: A restriction's key travels as this header (Triton's gRPC prefix).
 HEADER_PREFIX = "triton-grpc-protocol-"
-
-
-class AccessError(ValueError):
-    """A restriction or token setting that cannot be used (the server refuses to start)."""
 
 
 class RefusalKind(enum.Enum):

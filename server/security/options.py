@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .access import GROUPS, AccessError, AccessPolicy, Restriction, parse_restriction
-from .tls import CertificateSource, TlsError, TlsSettings
+from .access import GROUPS, AccessPolicy, Restriction, parse_restriction
+from .errors import AccessError, TlsError
+from .tls import CertificateSource, TlsSettings
 from .tokens import TokenFile
 
 __all__ = ["SecuritySettings", "add_security_flags", "security_settings_from_args"]
@@ -37,7 +38,7 @@ class SecuritySettings:
     metrics_server_key: Path | None = None
 
     def policy(self) -> AccessPolicy:
-        """The access policy; raises ValueError when the token file or a restriction cannot be used."""
+        """The access policy; raises SecurityError when the token file or a restriction cannot be used."""
         tokens = TokenFile(self.auth_token_file) if self.auth_token_file is not None else None
         return AccessPolicy(self.restrictions, tokens, self.auth_exempt_groups)
 

@@ -22,16 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import TlsError
+
 if TYPE_CHECKING:  # grpc is imported where it is used: the CLI parses flags without it
     import grpc
 
 __all__ = ["CertificateSource", "TlsError", "TlsSettings"]
 
 log = logging.getLogger("tensorgate.security")
-
-
-class TlsError(ValueError):
-    """TLS settings or certificate files that cannot be used."""
 
 
 @dataclass(frozen=True)

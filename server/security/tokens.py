@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import TokenFileError
+
 __all__ = ["TokenFile", "read_tokens"]
 
 log = logging.getLogger("tensorgate.security")
@@ -42,7 +44,7 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 
 class TokenFile:
-    """The accepted tokens, following ``path``; raises at construction when the file is unusable."""
+    """The accepted tokens, following ``path``; raises TokenFileError at construction when the file is unusable."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -51,9 +53,9 @@ class TokenFile:
             self._digests = read_tokens(path)
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ValueError(f"cannot read the token file {str(path)!r}: {reason}") from exc
+            raise TokenFileError(f"cannot read the token file {str(path)!r}: {reason}") from exc
         if not self._digests:
-            raise ValueError(f"the token file {str(path)!r} holds no token")
+            raise TokenFileError(f"the token file {str(path)!r} holds no token")
         self._checked = time.monotonic()
         self._lock = threading.Lock()
         self._failure = ""  # the last reload failure, logged once until it changes
