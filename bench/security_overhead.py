@@ -16,8 +16,10 @@ rather than the engine's):
 perf_analyzer cannot send gRPC headers (its -H is HTTP only), so the load here
 is a closed loop of grpc.aio calls in this process (one channel, ``concurrency``
 calls in flight), sending the headers where needed. Client and server share
-the machine, so the TLS figures include the client's encryption too. The order
-alternates between repeats; the report gives medians and ratios to ``open``.
+the machine, so the throughput of the TLS rows includes the client's encryption
+too; the server's CPU time per request (from /proc) is the steadier figure on
+a shared box. The order alternates between repeats; the report gives medians
+and ratios to ``open``.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _request() -> bytes:
 
 
 async def _closed_loop(url: str, credentials: grpc.ChannelCredentials | None, headers: tuple[tuple[str, str], ...],
-                       concurrency: int, seconds: float) -> dict[str, Any]:
+                       concurrency: int, seconds: float, server: ServerProcess) -> dict[str, Any]:
     body = _request()
     channel = (grpc.aio.secure_channel(url, credentials) if credentials is not None
                else grpc.aio.insecure_channel(url))
@@ -107,10 +109,11 @@ async def _closed_loop(url: str, credentials: grpc.ChannelCredentials | None, he
 
         await asyncio.gather(*(worker(time.monotonic() + 0.5) for _ in range(concurrency)))  # warm up
         counts = {"ok": 0, "errors": 0}
-        start = time.monotonic()
+        cpu, start = server.cpu_seconds(), time.monotonic()
         await asyncio.gather(*(worker(start + seconds) for _ in range(concurrency)))
-        elapsed = time.monotonic() - start
-    return {"infer_per_sec": counts["ok"] / elapsed, "errors": counts["errors"], "first_error": first_error[:1]}
+        elapsed, cpu = time.monotonic() - start, server.cpu_seconds() - cpu
+    return {"infer_per_sec": counts["ok"] / elapsed, "cpu_us_per_request": cpu / max(1, counts["ok"]) * 1e6,
+            "errors": counts["errors"], "first_error": first_error[:1]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,24 +134,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 servers[name] = start_tensorgate(repo, ["--allow-metrics", "false", *flags[name]])
             for rep in range(args.repeats):
                 for name in NAMES if rep % 2 == 0 else tuple(reversed(NAMES)):
+                    server = servers[name]
                     m = asyncio.run(_closed_loop(
-                        servers[name].url, credentials if "tls" in name else None,
-                        _HEADERS if "guarded" in name else (), args.concurrency, args.seconds))
+                        server.url, credentials if "tls" in name else None,
+                        _HEADERS if "guarded" in name else (), args.concurrency, args.seconds, server))
                     runs[name].append(m)
                     print(f"  rep {rep + 1} {name:<12} {m['infer_per_sec']:7.0f} infer/s"
+                          f"  server CPU {m['cpu_us_per_request']:5.0f} us/request"
                           + (f"  errors {m['errors']} {m['first_error']}" if m["errors"] else ""), flush=True)
         finally:
             for server in servers.values():
                 server.stop()
     tput = {n: statistics.median(m["infer_per_sec"] for m in rs) for n, rs in runs.items()}
+    cpu = {n: statistics.median(m["cpu_us_per_request"] for m in rs) for n, rs in runs.items()}
     ratios = {f"{n}/open": tput[n] / tput["open"] for n in NAMES[1:] if tput["open"]}
+    cpu_ratios = {f"{n}/open": cpu[n] / cpu["open"] for n in NAMES[1:] if cpu["open"]}
     print(f"\nmedians at concurrency {args.concurrency} over {args.repeats} interleaved runs of {args.seconds} s:")
     for name in NAMES:
-        print(f"  {name:<12} {tput[name]:7.0f} infer/s")
-    for k, v in ratios.items():
-        print(f"  throughput {k:<18} {v:.3f}")
+        print(f"  {name:<12} {tput[name]:7.0f} infer/s   server CPU {cpu[name]:5.0f} us/request")
+    for k in ratios:
+        print(f"  {k:<18} throughput {ratios[k]:.3f}   server CPU per request {cpu_ratios[k]:.3f}")
     return {"concurrency": args.concurrency, "seconds": args.seconds, "repeats": args.repeats,
-            "median_infer_per_sec": tput, "throughput_ratios": ratios, "runs": runs}
+            "median_infer_per_sec": tput, "median_cpu_us_per_request": cpu, "throughput_ratios": ratios,
+            "cpu_per_request_ratios": cpu_ratios, "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> int:

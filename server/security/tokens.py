@@ -50,12 +50,16 @@ class TokenFile:
         self.path = path
         try:
             self._signature = _signature(path)
+            self._mode = os.stat(path).st_mode
             self._digests = read_tokens(path)
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise TokenFileError(f"cannot read the token file {str(path)!r}: {reason}") from exc
         if not self._digests:
             raise TokenFileError(f"the token file {str(path)!r} holds no token")
+        if self._mode & 0o077:
+            log.warning("token file %r can be read by other users (mode %o): chmod 600 it",
+                        str(path), self._mode & 0o777)
         self._checked = time.monotonic()
         self._lock = threading.Lock()
         self._failure = ""  # the last reload failure, logged once until it changes

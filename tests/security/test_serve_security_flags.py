@@ -81,3 +81,28 @@ def test_sighup_reloads_the_certificate(alpha: Pki, beta: Pki, security_reposito
             assert proc.poll() is None
         finally:
             old.close()
+
+
+def test_failed_handshakes_do_not_flood_the_output(alpha: Pki, tmp_path: Path) -> None:
+    """gRPC's core would print a line per failed TLS handshake; the server keeps it at ERROR level."""
+    repo = tmp_path / "empty-repository"
+    repo.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--model-repository", str(repo), "--grpc-port", "0",
+         "--allow-metrics", "false", "--grpc-use-ssl", "--grpc-server-cert", str(alpha.server.cert),
+         "--grpc-server-key", str(alpha.server.key)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "serving inference.GRPCInferenceService" in line:
+            break
+    port = int(lines[-1].split(" on ")[1].split(" ")[0].rsplit(":", 1)[1])
+    for _ in range(10):
+        with InferenceClient(f"127.0.0.1:{port}") as plain, pytest.raises(InferenceServerError):
+            plain.is_server_live(client_timeout=5)
+    proc.terminate()
+    output = "".join(lines) + proc.communicate(timeout=60)[0]
+    assert "Handshake failed" not in output and "ssl_transport_security" not in output, output
