@@ -13,7 +13,7 @@ import os
 # default; it must be set before grpc is first imported. A value the user chose wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .app import InferenceServer  # noqa: E402
+from .app import InferenceServer
 from .settings import ServerSettings
 
 __all__ = ["InferenceServer", "ServerSettings"]
