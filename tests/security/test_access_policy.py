@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,21 @@ def test_exposure_warning(tmp_path: Path) -> None:
     (tmp_path / "t").write_text("x\n")
     tokens = AccessPolicy(tokens=TokenFile(tmp_path / "t"))  # tokens guard every group but health
     assert exposure_warning("::", tls=True, policy=tokens) is None
+
+
+def test_the_server_logs_the_warning_once_at_start(security_repository: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Tests bind loopback only, so the address check is told 127.0.0.1 is reachable from outside."""
+    from server.security import exposure
+    from support import running_server
+
+    with caplog.at_level(logging.WARNING, logger="tensorgate.app"), running_server(security_repository):
+        pass
+    assert not [r for r in caplog.records if "reachable from other hosts" in r.getMessage()]
+    monkeypatch.setattr(exposure, "is_loopback", lambda address: False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tensorgate.app"), running_server(security_repository):
+        pass
+    warnings = [r for r in caplog.records if "reachable from other hosts" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "without TLS" in warnings[0].getMessage()
