@@ -16,6 +16,7 @@ from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .registry import ModelRegistry
 from .security.exposure import exposure_warning
+from .security.metrics import AccessCollector
 from .settings import ServerSettings
 from .telemetry.hub import Telemetry
 from .transport import TransportSecurity, make_transport
@@ -40,6 +41,8 @@ class InferenceServer:
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
+        if self.policy.active:
+            self.telemetry.extra_collectors.append(AccessCollector(self.policy))
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)
         self._transport = make_transport(
             settings.grpc_flavor, self.plane, settings.grpc_threads, TransportSecurity(self.certificates, self.policy)

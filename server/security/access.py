@@ -20,6 +20,7 @@ import enum
 import functools
 import hashlib
 import hmac
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -140,6 +141,8 @@ class AccessPolicy:
         self._token_groups = frozenset(GROUPS) - exempt if tokens is not None else frozenset()
         names = {r.header for r in self._restricted.values()}
         self._headers = frozenset(names | {"authorization"} if self._token_groups else names)
+        self._refused: dict[tuple[str, RefusalKind], int] = {}
+        self._lock = threading.Lock()  # only refusals take it
 
     @property
     def active(self) -> bool:
@@ -164,17 +167,26 @@ class AccessPolicy:
         if group in self._token_groups:
             assert self._tokens is not None
             if not self._tokens.accepts(_bearer(headers.get("authorization", ""))):
-                return Refusal(RefusalKind.UNAUTHENTICATED, "missing or invalid bearer token")
+                return self._refuse(group, RefusalKind.UNAUTHENTICATED, "missing or invalid bearer token")
         restriction = self._restricted.get(group)
         if restriction is not None:
             sent = headers.get(restriction.header)
             # digests compared in constant time: the time taken says nothing about the value or its length
             if sent is None or not hmac.compare_digest(_digest(sent), restriction.digest):
-                return Refusal(
-                    RefusalKind.RESTRICTED,
-                    f"This protocol is restricted, expecting header '{restriction.header}'",
-                )
+                return self._refuse(group, RefusalKind.RESTRICTED,
+                                    f"This protocol is restricted, expecting header '{restriction.header}'")
         return None
+
+    def _refuse(self, group: str, kind: RefusalKind, message: str) -> Refusal:
+        # counted, never logged: a refused caller must not be able to flood the log
+        with self._lock:
+            self._refused[group, kind] = self._refused.get((group, kind), 0) + 1
+        return Refusal(kind, message)
+
+    def refused(self) -> dict[tuple[str, RefusalKind], int]:
+        """Calls refused so far, by group and kind (the tensorgate_access_refused_total metric)."""
+        with self._lock:
+            return dict(self._refused)
 
     def describe(self) -> list[str]:
         """Start-up lines: what is guarded and how (never the values)."""

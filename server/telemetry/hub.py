@@ -63,6 +63,7 @@ class Telemetry:
         self.metrics: MetricsServer | None = None
         self.metrics_error = ""
         self.gpus = 0
+        self.extra_collectors: list[Collector] = []  # sources owned elsewhere (server.security's refusals)
 
     def collectors(self) -> list[Collector]:
         """Every metrics source this server exports."""
@@ -76,7 +77,7 @@ class Telemetry:
         )
 
         out: list[Collector] = [ModelCollector(self.registry), EngineCacheCollector(), DriftCollector(self.registry),
-                                _TraceCollector(self.tracer)]
+                                _TraceCollector(self.tracer), *self.extra_collectors]
         if self.settings.allow_cpu_metrics:
             out.append(HostCollector())
             process = process_collector()

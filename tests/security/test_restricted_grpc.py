@@ -17,7 +17,7 @@ import pytest
 from clients import InferenceClient, InferenceServerError
 from clients.pb import grpc_service_pb2 as pb
 from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.security import GROUPS, SecuritySettings, parse_restriction
+from server.security import GROUPS, RefusalKind, SecuritySettings, parse_restriction
 from support import RunningServer, running_server
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -189,6 +189,8 @@ def test_tokens_guard_every_group_but_health(token_server: tuple[RunningServer, 
             assert caught.value.status == grpc.StatusCode.UNAUTHENTICATED
             assert caught.value.message == "missing or invalid bearer token"
         assert client.get_model_metadata("simple", headers=bearer("first-token")).name == "simple"
+        refused = server.server.policy.refused()
+        assert refused[("metadata", RefusalKind.UNAUTHENTICATED)] == 4
         assert client.get_model_metadata("simple", headers=bearer("second-token")).name == "simple"
         streamed = stream(channel)
         assert isinstance(streamed, grpc.RpcError) and streamed.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -216,3 +218,21 @@ def test_token_file_is_reread_when_it_changes(token_server: tuple[RunningServer,
         assert client.get_server_metadata(headers=bearer("rotated-token")).name
         with pytest.raises(InferenceServerError, match="bearer token"):
             client.get_server_metadata(headers=bearer("first-token"))
+
+
+def test_refusals_are_counted_in_the_metrics(token_server: tuple[RunningServer, Path]) -> None:
+    import urllib.request
+
+    server, _ = token_server
+    with InferenceClient(server.url) as client:
+        for _ in range(3):
+            with pytest.raises(InferenceServerError):
+                client.get_server_metadata()
+        with pytest.raises(InferenceServerError):
+            log_settings(server, bearer("first-token"))
+    metrics = server.server.telemetry.metrics
+    assert metrics is not None
+    with urllib.request.urlopen(metrics.url, timeout=20) as response:
+        text = response.read().decode()
+    assert 'tensorgate_access_refused_total{group="metadata",reason="unauthenticated"} 3.0' in text
+    assert 'tensorgate_access_refused_total{group="logging",reason="restricted"} 1.0' in text
