@@ -29,6 +29,7 @@ from .tokens import TokenFile
 
 __all__ = [
     "GROUPS",
+    "GRPC_REFUSED_MESSAGE",
     "HEADER_PREFIX",
     "AccessError",
     "AccessPolicy",
@@ -52,6 +53,8 @@ GROUPS = (
 )
 #: A restriction's key travels as this header (Triton's gRPC prefix).
 HEADER_PREFIX = "triton-grpc-protocol-"
+#: Triton's gRPC refusal (UNAVAILABLE).
+GRPC_REFUSED_MESSAGE = "This protocol is restricted, expecting header '{header}'"
 
 
 class RefusalKind(enum.Enum):
@@ -65,17 +68,20 @@ class Refusal:
     message: str
 
 
+_UNAUTHENTICATED = Refusal(RefusalKind.UNAUTHENTICATED, "missing or invalid bearer token")
+
+
 @dataclass(frozen=True)
 class Restriction:
-    """Calls in ``groups`` need the header ``header`` with the value ``value``."""
+    """Calls in ``groups`` need the header ``<prefix><key>`` with the value ``value``."""
 
     groups: frozenset[str]
     key: str
     value: str
 
-    @property
-    def header(self) -> str:
-        return HEADER_PREFIX + self.key
+    def header(self, prefix: str = HEADER_PREFIX) -> str:
+        """The header a transport reads: gRPC's ``triton-grpc-protocol-<key>`` by default."""
+        return prefix + self.key
 
     @functools.cached_property
     def digest(self) -> bytes:
@@ -124,6 +130,9 @@ class AccessPolicy:
         restrictions: parsed ``--grpc-restricted-protocol`` values; a group may appear in one only.
         tokens: the bearer-token file, or None for no token check.
         token_exempt_groups: groups that need no token (default: health, for probes and load balancers).
+        header_prefix: what goes before a restriction's key to name its header (gRPC: Triton's
+            ``triton-grpc-protocol-``; Triton's HTTP endpoint uses the bare key, prefix "").
+        refused_message: the refusal's text, ``{header}`` filled in (gRPC: Triton's wording).
     """
 
     def __init__(
@@ -131,15 +140,21 @@ class AccessPolicy:
         restrictions: Sequence[Restriction] = (),
         tokens: TokenFile | None = None,
         token_exempt_groups: Iterable[str] = ("health",),
+        header_prefix: str = HEADER_PREFIX,
+        refused_message: str = GRPC_REFUSED_MESSAGE,
     ) -> None:
         self._restricted = _by_group(restrictions)
+        self._prefix = header_prefix
+        # the refusal of each restriction, built once: a refusal costs no formatting
+        self._refusals = {r: Refusal(RefusalKind.RESTRICTED, refused_message.format(header=r.header(header_prefix)))
+                          for r in self._restricted.values()}
         self._tokens = tokens
         exempt = frozenset(token_exempt_groups)
         unknown = sorted(exempt - set(GROUPS))
         if unknown:
             raise AccessError(f"unknown token-exempt group(s) {unknown}; expected some of {', '.join(GROUPS)}")
         self._token_groups = frozenset(GROUPS) - exempt if tokens is not None else frozenset()
-        names = {r.header for r in self._restricted.values()}
+        names = {r.header(header_prefix) for r in self._restricted.values()}
         self._headers = frozenset(names | {"authorization"} if self._token_groups else names)
         self._refused: dict[tuple[str, RefusalKind], int] = {}
         self._lock = threading.Lock()  # only refusals take it
@@ -167,21 +182,21 @@ class AccessPolicy:
         if group in self._token_groups:
             assert self._tokens is not None
             if not self._tokens.accepts(_bearer(headers.get("authorization", ""))):
-                return self._refuse(group, RefusalKind.UNAUTHENTICATED, "missing or invalid bearer token")
+                return self._refuse(group, _UNAUTHENTICATED)
         restriction = self._restricted.get(group)
         if restriction is not None:
-            sent = headers.get(restriction.header)
+            sent = headers.get(restriction.header(self._prefix))
             # digests compared in constant time: the time taken says nothing about the value or its length
             if sent is None or not hmac.compare_digest(_digest(sent), restriction.digest):
-                return self._refuse(group, RefusalKind.RESTRICTED,
-                                    f"This protocol is restricted, expecting header '{restriction.header}'")
+                return self._refuse(group, self._refusals[restriction])
         return None
 
-    def _refuse(self, group: str, kind: RefusalKind, message: str) -> Refusal:
+    def _refuse(self, group: str, refusal: Refusal) -> Refusal:
         # counted, never logged: a refused caller must not be able to flood the log
         with self._lock:
-            self._refused[group, kind] = self._refused.get((group, kind), 0) + 1
-        return Refusal(kind, message)
+            key = (group, refusal.kind)
+            self._refused[key] = self._refused.get(key, 0) + 1
+        return refusal
 
     def refused(self) -> dict[tuple[str, RefusalKind], int]:
         """Calls refused so far, by group and kind (the tensorgate_access_refused_total metric)."""
@@ -193,7 +208,7 @@ class AccessPolicy:
         lines = []
         for r in dict.fromkeys(self._restricted.values()):
             groups = ", ".join(g for g in GROUPS if g in r.groups)
-            lines.append(f"  restricted: {groups} (header '{r.header}')")
+            lines.append(f"  restricted: {groups} (header '{r.header(self._prefix)}')")
         if self._token_groups:
             assert self._tokens is not None
             exempt = [g for g in GROUPS if g not in self._token_groups]

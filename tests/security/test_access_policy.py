@@ -14,7 +14,7 @@ from server.security.exposure import exposure_warning, is_loopback
 def test_restriction_syntax() -> None:
     r = parse_restriction("logging,trace:Admin-Key=s3cret")
     assert r.groups == {"logging", "trace"} and r.key == "admin-key" and r.value == "s3cret"
-    assert r.header == "triton-grpc-protocol-admin-key"
+    assert r.header() == "triton-grpc-protocol-admin-key" and r.header("") == "admin-key"
     for bad in ("logging", "logging:key", "logging:=v", ":k=v", "nosuch:k=v", "logging:k=", "logging:k y=v",
                 "logging:k=a\nb"):
         with pytest.raises(AccessError):
@@ -35,6 +35,12 @@ def test_decisions() -> None:
     assert refusal is not None and refusal.kind is RefusalKind.RESTRICTED
     assert refusal.message == "This protocol is restricted, expecting header 'triton-grpc-protocol-k'"
     assert not AccessPolicy().active  # no policy: transports install nothing
+    # another transport (REST): its own header names and wording
+    http = AccessPolicy([parse_restriction("inference:k=v")], header_prefix="",
+                        refused_message="This API is restricted, expecting header '{header}'")
+    assert http.headers == {"k"} and http.check("inference", {"k": "v"}) is None
+    refusal = http.check("inference", {"triton-grpc-protocol-k": "v"})
+    assert refusal is not None and refusal.message == "This API is restricted, expecting header 'k'"
 
 
 def test_tokens(tmp_path: Path) -> None:
