@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .access import GROUPS, AccessPolicy, Restriction, parse_restriction
 from .errors import AccessError, TlsError
@@ -87,6 +88,18 @@ def _groups(text: str) -> tuple[str, ...]:
     return groups
 
 
+_T = TypeVar("_T")
+
+
+def _from_env(parse: Callable[[str], _T], name: str, default: str) -> _T:
+    """A flag's default from TENSORGATE_<name>; a bad value stops with its reason, not a traceback."""
+    text = _env(name) or default
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"tensorgate serve: error: TENSORGATE_{name}: {exc}") from None
+
+
 def _path(name: str) -> Path | None:
     value = _env(name)
     return Path(value) if value else None
@@ -96,9 +109,9 @@ def add_security_flags(p: argparse.ArgumentParser) -> None:
     """The `serve` flags for TLS and access control (Triton's names where Triton has them)."""
     g = p.add_argument_group("security (README: Security)")
     flag: dict[str, Any] = {"type": _bool, "nargs": "?", "const": True, "metavar": "BOOL"}
-    g.add_argument("--grpc-use-ssl", default=_bool(_env("GRPC_USE_SSL") or "false"), **flag,
+    g.add_argument("--grpc-use-ssl", default=_from_env(_bool, "GRPC_USE_SSL", "false"), **flag,
                    help="serve gRPC over TLS with --grpc-server-cert/--grpc-server-key (default false)")
-    g.add_argument("--grpc-use-ssl-mutual", default=_bool(_env("GRPC_USE_SSL_MUTUAL") or "false"), **flag,
+    g.add_argument("--grpc-use-ssl-mutual", default=_from_env(_bool, "GRPC_USE_SSL_MUTUAL", "false"), **flag,
                    help="mutual TLS: also require a client certificate signed by --grpc-root-cert (implies TLS)")
     g.add_argument("--grpc-server-cert", type=Path, default=_path("GRPC_SERVER_CERT"),
                    help="PEM certificate chain of the server (re-read on SIGHUP)")
@@ -107,7 +120,8 @@ def add_security_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grpc-root-cert", type=Path, default=_path("GRPC_ROOT_CERT"),
                    help="PEM root certificate(s) that client certificates must chain to (mutual TLS)")
     g.add_argument("--grpc-restricted-protocol", action="append", type=_restriction,
-                   default=[_restriction(t) for t in (_env("GRPC_RESTRICTED_PROTOCOL") or "").split()],
+                   default=_from_env(lambda text: [_restriction(t) for t in text.split()],
+                                     "GRPC_RESTRICTED_PROTOCOL", ""),
                    metavar="GROUPS:KEY=VALUE",
                    help="Triton's restricted protocols, repeatable: calls in these groups (comma-separated: "
                    f"{', '.join(GROUPS)}) need the header 'triton-grpc-protocol-KEY: VALUE', "
@@ -115,10 +129,10 @@ def add_security_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grpc-auth-token-file", type=Path, default=_path("GRPC_AUTH_TOKEN_FILE"),
                    help="bearer tokens, one per line: calls must send 'authorization: Bearer <token>' "
                    "(else UNAUTHENTICATED); the file is re-read when it changes and on SIGHUP")
-    g.add_argument("--grpc-auth-exempt", type=_groups, default=_groups(_env("GRPC_AUTH_EXEMPT") or "health"),
+    g.add_argument("--grpc-auth-exempt", type=_groups, default=_from_env(_groups, "GRPC_AUTH_EXEMPT", "health"),
                    metavar="GROUPS", help="groups callable without a token (default health, for probes; "
                    "'' exempts none)")
-    g.add_argument("--metrics-use-ssl", default=_bool(_env("METRICS_USE_SSL") or "false"), **flag,
+    g.add_argument("--metrics-use-ssl", default=_from_env(_bool, "METRICS_USE_SSL", "false"), **flag,
                    help="serve /metrics over HTTPS (default false)")
     g.add_argument("--metrics-server-cert", type=Path, default=_path("METRICS_SERVER_CERT"),
                    help="the metrics endpoint's PEM certificate (default: --grpc-server-cert)")

@@ -36,6 +36,19 @@ def test_flags_parse_like_tritons(tmp_path: Path) -> None:
         build_parser().parse_args(["serve", "--grpc-restricted-protocol", "nosuch:k=v"])
 
 
+def test_the_environment_gives_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENSORGATE_GRPC_USE_SSL", "true")
+    monkeypatch.setenv("TENSORGATE_GRPC_SERVER_CERT", "c.pem")
+    monkeypatch.setenv("TENSORGATE_GRPC_SERVER_KEY", "k.pem")
+    monkeypatch.setenv("TENSORGATE_GRPC_RESTRICTED_PROTOCOL", "logging:admin=x trace:ops=y")
+    settings = security_settings_from_args(build_parser().parse_args(["serve"]))
+    assert settings.tls.use_ssl and settings.tls.server_cert == Path("c.pem")
+    assert [r.key for r in settings.restrictions] == ["admin", "ops"]
+    monkeypatch.setenv("TENSORGATE_GRPC_RESTRICTED_PROTOCOL", "nosuch:k=v")
+    with pytest.raises(SystemExit, match="TENSORGATE_GRPC_RESTRICTED_PROTOCOL: restricted protocol 'nosuch:k=v'"):
+        build_parser()
+
+
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "server", "serve", "--grpc-port", "0", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
