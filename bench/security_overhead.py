@@ -1,6 +1,6 @@
 """What TLS and access control cost: ModelInfer throughput with each, side by side, interleaved.
 
-    python -m bench.security_overhead [--concurrency 16] [--seconds 4] [--repeats 5] [--json out.json]
+    python -m tensorgate.bench.security_overhead [--concurrency 16] [--seconds 4] [--repeats 5] [--json out.json]
 
 Four `tensorgate serve` processes on one repository (the no-op model of
 bench.throughput, 784 -> 10 floats, so the per-RPC cost of the server shows
@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from .servers import ServerProcess, start_tensorgate
 from .throughput import MLP_SIZES, build_repository

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.security_overhead import NAMES, main
+from tensorgate.bench.security_overhead import NAMES, main
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.security import AccessError, AccessPolicy, RefusalKind, TokenFile, parse_restriction
-from server.security.exposure import exposure_warning, is_loopback
+from tensorgate.server.security import AccessError, AccessPolicy, RefusalKind, TokenFile, parse_restriction
+from tensorgate.server.security.exposure import exposure_warning, is_loopback
 
 
 def test_restriction_syntax() -> None:
@@ -99,8 +99,8 @@ def test_exposure_warning(tmp_path: Path) -> None:
 def test_the_server_logs_the_warning_once_at_start(security_repository: Path, monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Tests bind loopback only, so the address check is told 127.0.0.1 is reachable from outside."""
-    from server.security import exposure
     from support import running_server
+    from tensorgate.server.security import exposure
 
     with caplog.at_level(logging.WARNING, logger="tensorgate.app"), running_server(security_repository):
         pass

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cert_support import Pki, install
 
-from server.security import SecuritySettings, TlsError, TlsSettings
-from server.telemetry import TelemetrySettings
 from support import RunningServer, running_server
+from tensorgate.server.security import SecuritySettings, TlsError, TlsSettings
+from tensorgate.server.telemetry import TelemetrySettings
 
 
 def scrape(url: str, ca: Path | None) -> str:

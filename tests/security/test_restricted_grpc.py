@@ -14,11 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients import InferenceClient, InferenceServerError
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.security import GROUPS, RefusalKind, SecuritySettings, parse_restriction
 from support import RunningServer, running_server
+from tensorgate.clients import InferenceClient, InferenceServerError
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.server.security import GROUPS, RefusalKind, SecuritySettings, parse_restriction
 
 SERVICE = "/inference.GRPCInferenceService/"
 # Triton's grpc_server.cc: the group of every RPC

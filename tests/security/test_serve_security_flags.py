@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from cert_support import Pki, install, peer_serial
 
-from clients import InferenceClient, InferenceServerError
-from server.cli import build_parser
-from server.security import security_settings_from_args
 from support import REPO_ROOT, serve_subprocess
+from tensorgate.clients import InferenceClient, InferenceServerError
+from tensorgate.server.cli import build_parser
+from tensorgate.server.security import security_settings_from_args
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_the_environment_gives_the_same_settings(monkeypatch: pytest.MonkeyPatch
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", "serve", "--grpc-port", "0", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", "0", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -102,7 +102,7 @@ def test_failed_handshakes_do_not_flood_the_output(alpha: Pki, tmp_path: Path) -
     repo.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--model-repository", str(repo), "--grpc-port", "0",
+        [sys.executable, "-m", "tensorgate.server", "serve", "--model-repository", str(repo), "--grpc-port", "0",
          "--allow-metrics", "false", "--grpc-use-ssl", "--grpc-server-cert", str(alpha.server.cert),
          "--grpc-server-key", str(alpha.server.key)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from cert_support import Pki, install, peer_serial
 
-from clients import AsyncInferenceClient, InferenceClient, InferenceServerError, InferInput
-from server.security import SecuritySettings, TlsSettings
 from support import RunningServer
+from tensorgate.clients import AsyncInferenceClient, InferenceClient, InferenceServerError, InferInput
+from tensorgate.server.security import SecuritySettings, TlsSettings
 
 
 def tls_settings(cert: Path, key: Path, ca: Path, mutual: bool) -> SecuritySettings:
