@@ -10,6 +10,7 @@ for the same reason.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypedDict, TypeVar
@@ -79,13 +80,37 @@ def channel_options(
     ]
 
 
+def _read_pem(path: str | os.PathLike[str] | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def channel_credentials(
-    ssl: bool, credentials: grpc.ChannelCredentials | None
+    ssl: bool,
+    credentials: grpc.ChannelCredentials | None,
+    root_certificates: str | os.PathLike[str] | None = None,
+    private_key: str | os.PathLike[str] | None = None,
+    certificate_chain: str | os.PathLike[str] | None = None,
 ) -> grpc.ChannelCredentials | None:
-    """None means an insecure channel; ssl without credentials uses the default roots."""
+    """None means an insecure channel.
+
+    As tritonclient: with ``ssl`` the three optional PEM *files* are read here (root certificates
+    that verify the server, default gRPC's bundled roots; the client's key and certificate chain for
+    mutual TLS). Explicit ``credentials`` win over all of them.
+    """
     if credentials is not None:
         return credentials
-    return grpc.ssl_channel_credentials() if ssl else None
+    if not ssl:
+        if root_certificates or private_key or certificate_chain:
+            raise ValueError("root_certificates, private_key and certificate_chain need ssl=True")
+        return None
+    if (private_key is None) != (certificate_chain is None):
+        raise ValueError("private_key and certificate_chain go together (a client certificate needs both)")
+    return grpc.ssl_channel_credentials(
+        _read_pem(root_certificates), _read_pem(private_key), _read_pem(certificate_chain)
+    )
 
 
 class CallOptions(TypedDict, total=False):

@@ -7,6 +7,7 @@ Create it inside the event loop that will use it (grpc.aio channels belong to a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -46,7 +47,10 @@ class AsyncInferenceClient:
 
     Args:
         url: "host:port" of the server.
-        ssl: use TLS with the default root certificates (ignored when `credentials` is given).
+        ssl: use TLS (ignored when `credentials` is given).
+        root_certificates: with ssl, a PEM file of the roots that verify the server (default: gRPC's bundle).
+        private_key: with ssl, the client's PEM key file, for servers that require client certificates.
+        certificate_chain: with ssl, the client's PEM certificate chain file (goes with private_key).
         credentials: explicit channel credentials.
         channel_args: extra grpc channel options, applied after the defaults.
         max_message_bytes: send and receive limit; INT32_MAX like the server and tritonclient.
@@ -61,13 +65,16 @@ class AsyncInferenceClient:
         url: str = "127.0.0.1:8001",
         *,
         ssl: bool = False,
+        root_certificates: str | os.PathLike[str] | None = None,
+        private_key: str | os.PathLike[str] | None = None,
+        certificate_chain: str | os.PathLike[str] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         channel_args: Sequence[tuple[str, Any]] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         multiplex: bool = False,
     ) -> None:
         options = _calls.channel_options(max_message_bytes, channel_args)
-        creds = _calls.channel_credentials(ssl, credentials)
+        creds = _calls.channel_credentials(ssl, credentials, root_certificates, private_key, certificate_chain)
         self._channel = (
             grpc.aio.secure_channel(url, creds, options)
             if creds is not None

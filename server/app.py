@@ -14,16 +14,19 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
-from .http import Authorize, HttpEndpoint
+from .http import Authorize, HttpEndpoint, policy_authorizer
 from .registry import ModelRegistry
+from .security.exposure import exposure_warning
+from .security.metrics import AccessCollector
 from .settings import ServerSettings
 from .shm import SharedMemoryRegions
 from .telemetry.hub import Telemetry
-from .transport import make_transport
+from .transport import TransportSecurity, make_transport
 
 __all__ = ["InferenceServer", "PortError"]
 
@@ -57,21 +60,36 @@ class InferenceServer:
     Args:
         settings: the server settings.
         repository: the model repository (it may not exist yet when ``bind`` runs: the demo is built after).
-        http_ssl: serve HTTPS with this context instead of plain HTTP.
-        http_authorize: the HTTP access-control hook (``server.http.Authorize``); default allow-all.
+        http_ssl: serve HTTPS with this context; default: the gRPC port's certificates when TLS is on.
+        http_authorize: the HTTP access-control hook (``server.http.Authorize``); default: the access policy
+            of the gRPC flags in Triton's HTTP form.
+
+    Raises:
+        SecurityError: certificates, tokens or restrictions cannot be used (checked here, before any model loads).
     """
 
     def __init__(self, settings: ServerSettings, repository: Path, http_ssl: ssl.SSLContext | None = None,
                  http_authorize: Authorize | None = None) -> None:
         self.settings = settings
+        self.policy = settings.security.policy()
+        self.certificates = settings.security.grpc_certificates()
+        self.metrics_certificates = settings.security.metrics_certificates(self.certificates)
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
+        if self.policy.active:
+            self.telemetry.extra_collectors.append(AccessCollector(self.policy))
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry,
                                SharedMemoryRegions(settings.allow_client_shm))
-        self._transport = make_transport(settings.grpc_flavor, self.plane, settings.grpc_threads)
+        self._transport = make_transport(
+            settings.grpc_flavor, self.plane, settings.grpc_threads, TransportSecurity(self.certificates, self.policy)
+        )
+        if http_ssl is None and self.certificates is not None:
+            http_ssl = self.certificates.ssl_context()
+        if http_authorize is None and self.policy.active:
+            http_authorize = policy_authorizer(self.policy.for_http())
         self.http = (
             HttpEndpoint(self.plane, http_ssl, http_authorize, settings.max_receive_message_bytes)
             if settings.allow_http
@@ -125,7 +143,7 @@ class InferenceServer:
                                     f"HTTP off): {_why(exc)}") from None
             t = s.telemetry
             try:
-                self.telemetry.bind(s.grpc_address)
+                self.telemetry.bind(s.grpc_address, self._metrics_tls)
             except OSError as exc:
                 where = f"{t.metrics_address or s.grpc_address}:{t.metrics_port}"
                 raise PortError(f"cannot bind the metrics port {where} (--metrics-port; --allow-metrics false "
@@ -134,6 +152,10 @@ class InferenceServer:
             await self._release()
             raise
         self._bound = True
+
+    @property
+    def _metrics_tls(self) -> Callable[[], ssl.SSLContext] | None:
+        return self.metrics_certificates.ssl_context if self.metrics_certificates is not None else None
 
     async def _release(self) -> None:
         """Close what ``bind`` opened (a later port failed)."""
@@ -147,7 +169,8 @@ class InferenceServer:
         await self.bind()
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.registry.load_all)
-            self.telemetry.start(self.settings.grpc_address)  # tracing (a bad trace file fails here), metrics
+            # tracing (a bad trace file fails here), metrics
+            self.telemetry.start(self.settings.grpc_address, self._metrics_tls)
         except BaseException:
             await self._release()
             raise
@@ -157,6 +180,21 @@ class InferenceServer:
         self._serving = True
         self.plane.accepting = True
         await self._publish_health()
+        warning = exposure_warning(self.settings.grpc_address, self.certificates is not None, self.policy)
+        if warning:
+            log.warning("%s", warning)
+
+    def reload_credentials(self) -> bool:
+        """SIGHUP: re-read certificates and the token file; new connections use them, open ones stay.
+
+        Returns False when a certificate could not be used (the old one stays, the log says why).
+        """
+        ok = True
+        for source in (self.certificates, self.metrics_certificates):
+            if source is not None:
+                ok = source.reload() and ok
+        self.policy.reload()
+        return ok
 
     async def _publish_health(self) -> None:
         # Triton answers SERVING exactly when the server is ready, for any service name
@@ -181,11 +219,13 @@ class InferenceServer:
 
     def summary(self) -> list[str]:
         """Startup lines: where it listens and each model's state."""
-        lines = [f"tensorgate serving inference.GRPCInferenceService on {self.address}"]
+        tls = " (TLS, client certificates required)" if self.certificates and self.certificates.mutual else (
+            " (TLS)" if self.certificates else "")
+        lines = [f"tensorgate serving inference.GRPCInferenceService on {self.address}{tls}"]
         if self.http is not None:
             lines.append(f"tensorgate serving KServe v2 REST (Triton HTTP) on {self.http.url}")
         for entry in self.registry.index():
             version = entry.version or "-"
             detail = f" ({entry.reason})" if entry.reason else ""
             lines.append(f"  model {entry.name} version {version}: {entry.state}{detail}")
-        return lines + self.telemetry.summary()
+        return lines + self.policy.describe() + self.telemetry.summary()

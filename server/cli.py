@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .security.errors import SecurityError
+from .security.options import add_security_flags, security_settings_from_args
 from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
 from .telemetry.options import _bool, add_telemetry_flags, telemetry_settings_from_args
 
@@ -46,7 +48,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--grpc-address",
         default=_env("GRPC_ADDRESS", "127.0.0.1"),
-        help="interface to listen on (default 127.0.0.1; use 0.0.0.0 in a container so other hosts can reach it)",
+        help="interface to listen on (default 127.0.0.1; use 0.0.0.0 in a container so other hosts can reach it, "
+        "with TLS and restrictions: README, Security)",
     )
     p.add_argument(
         "--grpc-port", type=int, default=int(_env("GRPC_PORT", "-1") or -1),
@@ -116,6 +119,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "default false: a registered region lets a client read and write the server user's shm objects)",
     )
     add_telemetry_flags(p)  # --trace-config, --metrics-port, --allow-metrics, --log-format, ...
+    add_security_flags(p)  # --grpc-use-ssl..., --grpc-restricted-protocol, --grpc-auth-token-file, ...
     p.set_defaults(handler=_serve)
 
 
@@ -282,10 +286,11 @@ def _serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port or args.workers > 1,
         telemetry=telemetry,
         allow_client_shm=args.allow_client_shm,
+        security=security_settings_from_args(args),  # exits with the reason on inconsistent TLS flags
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))
-    except OSError as exc:
+    except (OSError, SecurityError) as exc:  # unusable port, certificate, token file
         log.error("%s", exc)
         return 1
     return 0
@@ -315,6 +320,13 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def reload() -> None:  # SIGHUP: certificates and tokens, here (off the loop) and in every worker process
+        loop.run_in_executor(None, server.reload_credentials)
+        for child in children:
+            child.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     waiter = asyncio.ensure_future(server.wait())
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.exit_timeout_secs)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .security.options import SecuritySettings
 from .telemetry.options import TelemetrySettings
 
 __all__ = ["DEFAULT_ENGINE_CACHE_BYTES", "MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir"]
@@ -49,6 +50,7 @@ class ServerSettings:
         telemetry: traces (--trace-config), the metrics endpoint and log format (server.telemetry).
         allow_client_shm: let clients register system shared-memory regions (off by default: a region lets
             a client read and write shm objects the server's user can open).
+        security: TLS, restricted groups, bearer tokens, metrics TLS (server.security).
     """
 
     model_repository: Path | None = None
@@ -74,6 +76,7 @@ class ServerSettings:
     @property
     def resolved_http_address(self) -> str:
         return self.http_address or self.grpc_address
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -1,6 +1,7 @@
 """The two gRPC server flavours behind one async interface: grpc.aio and the thread-pool grpc.server.
 
-Both serve the same DataPlane, grpc.health.v1.Health (SERVING exactly when the
+Both serve the same DataPlane behind the same guard (TLS credentials and the
+access interceptors of server.security), grpc.health.v1.Health (SERVING exactly when the
 server is ready, whatever the service name, as Triton does) and server
 reflection. Which flavour serves best is measured (bench/throughput.py) and
 chosen with ``--grpc-flavor``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -20,8 +22,11 @@ from tensorgate.clients.pb import grpc_service_pb2 as pb
 from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
+from .security.access import AccessPolicy
+from .security.grpc_guard import aio_interceptors, thread_interceptors
+from .security.tls import CertificateSource
 
-__all__ = ["AioTransport", "ThreadTransport", "Transport", "make_transport"]
+__all__ = ["AioTransport", "ThreadTransport", "Transport", "TransportSecurity", "make_transport"]
 
 _SERVICES = (
     pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -34,10 +39,12 @@ def _status(serving: bool) -> Any:
     return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _add_port(server: Any, address: str) -> int:
-    """Bind now; 0 when the address cannot be bound (grpcio raises RuntimeError or returns 0)."""
+def _add_port(server: Any, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind now (TLS when given credentials); 0 when the address cannot be bound (grpcio raises or returns 0)."""
     try:
-        return int(server.add_insecure_port(address))
+        if credentials is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, credentials))
     except RuntimeError:
         return 0
 
@@ -56,6 +63,17 @@ class Transport(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
+@dataclass(frozen=True)
+class TransportSecurity:
+    """What guards the port: TLS certificates (None: plaintext) and the access policy (None: open)."""
+
+    certificates: CertificateSource | None = None
+    policy: AccessPolicy | None = None
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        return self.certificates.grpc_credentials() if self.certificates is not None else None
+
+
 class _AioHealth(health.aio.HealthServicer):  # type: ignore[misc]
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> object:
         return await super().Check(health_pb2.HealthCheckRequest(service=""), context)
@@ -69,19 +87,20 @@ class _SyncHealth(health.HealthServicer):  # type: ignore[misc]
 class AioTransport:
     """grpc.aio: handlers are coroutines on one event loop; workers resolve futures once per batch."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, security: TransportSecurity | None = None) -> None:
         self._plane = plane
+        self._security = security or TransportSecurity()
         self._health = _AioHealth()
         self._server: grpc.aio.Server | None = None
 
     async def bind(self, address: str, options: list[tuple[str, Any]]) -> int:
         from .servicer import InferenceServicer
 
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, interceptors=aio_interceptors(self._security.policy))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_SERVICES, server)
-        port = _add_port(server, address)
+        port = _add_port(server, address, self._security.credentials())
         if port:
             self._server = server
         return port
@@ -105,9 +124,10 @@ class AioTransport:
 class ThreadTransport:
     """The thread-pool grpc.server: each call runs on a pool thread and blocks until its batch is done."""
 
-    def __init__(self, plane: DataPlane, threads: int) -> None:
+    def __init__(self, plane: DataPlane, threads: int, security: TransportSecurity | None = None) -> None:
         self._plane = plane
         self._threads = threads
+        self._security = security or TransportSecurity()
         self._health = _SyncHealth()
         self._server: grpc.Server | None = None
 
@@ -115,11 +135,12 @@ class ThreadTransport:
         from .servicer_sync import SyncInferenceServicer
 
         pool = futures.ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="tg-grpc")
-        server = grpc.server(pool, options=options, maximum_concurrent_rpcs=None)
+        server = grpc.server(pool, options=options, maximum_concurrent_rpcs=None,
+                             interceptors=thread_interceptors(self._security.policy))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(SyncInferenceServicer(self._plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_SERVICES, server)
-        port = _add_port(server, address)
+        port = _add_port(server, address, self._security.credentials())
         if port:
             self._server = server
         else:
@@ -143,9 +164,11 @@ class ThreadTransport:
             await asyncio.get_running_loop().run_in_executor(None, done.wait)
 
 
-def make_transport(flavor: str, plane: DataPlane, threads: int) -> Transport:
+def make_transport(
+    flavor: str, plane: DataPlane, threads: int, security: TransportSecurity | None = None
+) -> Transport:
     if flavor == "thread":
-        return ThreadTransport(plane, threads)
+        return ThreadTransport(plane, threads, security)
     if flavor == "aio":
-        return AioTransport(plane)
+        return AioTransport(plane, security)
     raise ValueError(f"unknown gRPC flavour '{flavor}'; expected aio or thread")

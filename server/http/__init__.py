@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .endpoint import HttpEndpoint
-from .routes import GROUPS, Authorize, allow_all, make_http_app
+from .routes import GROUPS, Authorize, allow_all, make_http_app, policy_authorizer
 
-__all__ = ["GROUPS", "Authorize", "HttpEndpoint", "allow_all", "make_http_app"]
+__all__ = ["GROUPS", "Authorize", "HttpEndpoint", "allow_all", "make_http_app", "policy_authorizer"]

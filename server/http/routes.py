@@ -24,6 +24,7 @@ from tensorgate.clients.pb import grpc_service_pb2 as pb
 from ..dataplane import DataPlane
 from ..errors import CancelledError, InvalidArgumentError, UnimplementedError
 from ..request import InferRequest
+from ..security.access import AccessPolicy
 from ..servicer import UNIMPLEMENTED_FEATURES
 from ..wire import encode_response
 from .json_pb import (
@@ -36,7 +37,7 @@ from .json_pb import (
 from .status import error_response, http_status_for
 from .tensors import HEADER_LENGTH, decode_infer_body, encode_infer_response, parse_json
 
-__all__ = ["GROUPS", "Authorize", "allow_all", "make_http_app"]
+__all__ = ["GROUPS", "Authorize", "allow_all", "make_http_app", "policy_authorizer"]
 
 #: Triton's protocol groups (``--http-restricted-api`` / ``--grpc-restricted-protocol`` names)
 GROUPS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
@@ -49,6 +50,16 @@ _TRACE_HEADERS = ("traceparent", "tracestate")
 
 def allow_all(group: str, headers: Mapping[str, str]) -> str | None:
     return None
+
+
+def policy_authorizer(policy: AccessPolicy) -> Authorize:
+    """The server's access policy (restricted groups, bearer tokens) as this endpoint's hook."""
+
+    def authorize(group: str, headers: Mapping[str, str]) -> str | None:
+        refusal = policy.check(group, headers)  # aiohttp's headers are case-insensitive
+        return None if refusal is None else refusal.message
+
+    return authorize
 
 
 class _LoopSink:

@@ -9,7 +9,7 @@ on the request path, ``trace_setting`` and ``log_settings`` for the RPCs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from tensorgate.clients.pb import grpc_service_pb2 as pb
@@ -19,6 +19,8 @@ from .options import TelemetrySettings
 from .tracing import RequestTracer
 
 if TYPE_CHECKING:
+    import ssl
+
     from prometheus_client.core import Metric
     from prometheus_client.registry import Collector
 
@@ -60,6 +62,7 @@ class Telemetry:
         self.tracer = RequestTracer(self.settings.trace, version)  # raises ValueError on a bad --trace-config
         self.metrics: MetricsServer | None = None
         self.gpus = 0
+        self.extra_collectors: list[Collector] = []  # sources owned elsewhere (server.security's refusals)
 
     def collectors(self) -> list[Collector]:
         """Every metrics source this server exports."""
@@ -73,7 +76,7 @@ class Telemetry:
         )
 
         out: list[Collector] = [ModelCollector(self.registry), EngineCacheCollector(), DriftCollector(self.registry),
-                                _TraceCollector(self.tracer)]
+                                _TraceCollector(self.tracer), *self.extra_collectors]
         if self.settings.allow_cpu_metrics:
             out.append(HostCollector())
             process = process_collector()
@@ -86,8 +89,9 @@ class Telemetry:
                 out.append(gpu)
         return out
 
-    def bind(self, default_address: str) -> None:
-        """Bind the metrics endpoint now, before any model loads (unless --allow-metrics false).
+    def bind(self, default_address: str, metrics_tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+        """Bind the metrics endpoint now, before any model loads (unless --allow-metrics false); HTTPS when
+        ``metrics_tls`` gives the server-side context of each new connection.
 
         Raises:
             OSError: the metrics port cannot be bound; the app turns it into one line naming the flag.
@@ -97,17 +101,17 @@ class Telemetry:
         from .metrics_http import MetricsServer
 
         server = MetricsServer(self.collectors())
-        server.bind(self.settings.metrics_address or default_address, self.settings.metrics_port)
+        server.bind(self.settings.metrics_address or default_address, self.settings.metrics_port, metrics_tls)
         self.metrics = server
 
-    def start(self, grpc_address: str) -> None:
+    def start(self, grpc_address: str, metrics_tls: Callable[[], ssl.SSLContext] | None = None) -> None:
         """Start tracing and serve the metrics endpoint (bound here unless ``bind`` ran).
 
         Raises:
             OSError: the trace file cannot be opened, or the metrics port cannot be bound.
         """
         self.tracer.start()
-        self.bind(grpc_address)
+        self.bind(grpc_address, metrics_tls)
         if self.metrics is not None:
             self.metrics.serve()
 

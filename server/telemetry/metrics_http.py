@@ -5,15 +5,19 @@ because prometheus_client's writer names every counter ``<name>_total``, and
 Triton's counters (``nv_inference_request_success`` ...) have no suffix: the
 names dashboards and perf_analyzer already use win. The server is the standard
 library's threading HTTP server on a daemon thread: a scrape never touches the
-gRPC event loop.
+gRPC event loop. With TLS, each connection's handshake runs on that
+connection's own thread (never in the accept loop, so a client that stalls its
+handshake holds up no one) with the context current at that moment, so a
+certificate reload applies to the next connection.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -61,7 +65,29 @@ def render(collectors: Iterable[Collector]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class _Server6(ThreadingHTTPServer):
+_HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    tls: Callable[[], ssl.SSLContext] | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            request.settimeout(_HANDSHAKE_TIMEOUT_S)
+            try:
+                request = self.tls().wrap_socket(request, server_side=True)
+            except (OSError, ValueError) as exc:  # plaintext, bad or no client certificate, timeout
+                log.debug("metrics TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a broken connection is the client's business: no traceback on stderr
+        log.debug("metrics request from %s failed", client_address[0], exc_info=True)
+
+
+class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
@@ -70,19 +96,23 @@ class MetricsServer:
 
     def __init__(self, collectors: Sequence[Collector]) -> None:
         self.collectors = list(collectors)
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
         self.address = ""
+        self.scheme = "http"
 
-    def start(self, address: str, port: int) -> int:
+    def start(self, address: str, port: int, tls: Callable[[], ssl.SSLContext] | None = None) -> int:
         """Bind and serve; returns the port (raises OSError when the address cannot be bound)."""
-        port = self.bind(address, port)
+        port = self.bind(address, port, tls)
         self.serve()
         return port
 
-    def bind(self, address: str, port: int) -> int:
-        """Bind now (raises OSError); ``serve`` starts answering scrapes."""
+    def bind(self, address: str, port: int, tls: Callable[[], ssl.SSLContext] | None = None) -> int:
+        """Bind now (raises OSError); ``serve`` starts answering scrapes.
+
+        ``tls`` gives the server-side SSL context for each new connection (HTTPS); None serves plain HTTP.
+        """
         collectors = self.collectors
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,9 +130,10 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        httpd = (_Server6 if ":" in address else ThreadingHTTPServer)((address, port), Handler)
-        httpd.daemon_threads = True
+        httpd = (_Server6 if ":" in address else _Server)((address, port), Handler)
+        httpd.tls = tls
         self._httpd = httpd
+        self.scheme = "https" if tls is not None else "http"
         self.address = address
         self.port = int(httpd.server_address[1])
         return self.port
@@ -115,7 +146,7 @@ class MetricsServer:
     @property
     def url(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}/metrics"
+        return f"{self.scheme}://{host}:{self.port}/metrics"
 
     def stop(self) -> None:
         if self._httpd is not None:
