@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ DOCKER = DEPLOY / "docker"
 K8S = DEPLOY / "k8s"
 KSERVE = DEPLOY / "kserve"
 #: The Kubernetes minor the manifests are written for and validated against (kubernetes-validate).
-KUBERNETES_VERSION = "1.32"
+KUBERNETES_VERSION = "1.33.0"
 
 
 def tool(name: str) -> str:
@@ -77,5 +76,3 @@ def rendered(overlay: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def shell_words(command: str) -> list[str]:
-    return shlex.split(command)

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from deploy_support import DOCKER, REPO_ROOT, dockerfile_stages, tool
+
 from support import free_port, write_model
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
