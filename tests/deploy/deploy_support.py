@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,18 @@ def dockerfile_stages(path: Path) -> tuple[dict[str, str], list[Stage]]:
         elif stages:
             stages[-1].instructions.append((keyword, rest))
     return args, stages
+
+
+CRD_VALIDATOR = REPO_ROOT / "tests" / "deploy" / "crd"
+
+
+def validate_prometheus_crs(objects: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """Prometheus operator objects through tests/deploy/crd/validate.mjs (node, npm ci by tests/run.sh)."""
+    node = shutil.which("node")
+    if node is None or not (CRD_VALIDATOR / "node_modules").is_dir():
+        pytest.fail(f"needs node and `npm ci --prefix {CRD_VALIDATOR.relative_to(REPO_ROOT)}` (tests/run.sh does both)")
+    return subprocess.run([node, str(CRD_VALIDATOR / "validate.mjs")], input=json.dumps(objects),
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def rendered(overlay: Path) -> list[dict[str, Any]]:
