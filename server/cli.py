@@ -80,6 +80,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
+        "--grpc-max-connection-age-secs",
+        type=float,
+        default=float(_env("GRPC_MAX_CONNECTION_AGE_SECS", "0") or 0),
+        help="close each client connection after this many seconds (GOAWAY; calls in flight finish), so "
+        "clients balancing over a DNS name (a headless Service) re-resolve and reach new replicas "
+        "(default 0: never)",
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         default=_env("CACHE_DIR"),
@@ -208,6 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_threads=args.grpc_threads,
         reuse_port=args.reuse_port or args.workers > 1,
         telemetry=telemetry,
+        max_connection_age_secs=args.grpc_max_connection_age_secs,
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))

@@ -44,6 +44,8 @@ class ServerSettings:
             (default <cache_dir>/engines).
         engine_cache_max_bytes: the engine cache's size bound; least recently used entries go first.
         telemetry: traces (--trace-config), the metrics endpoint and log format (server.telemetry).
+        max_connection_age_secs: close each client connection (GOAWAY, in-flight calls finish) after
+            this long, so clients balancing over DNS re-resolve and reach replicas added since; 0 = never.
     """
 
     model_repository: Path | None = None
@@ -61,6 +63,7 @@ class ServerSettings:
     engine_cache_dir: Path | None = None
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    max_connection_age_secs: float = 0.0
 
     @property
     def resolved_cache_dir(self) -> Path:
