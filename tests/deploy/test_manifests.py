@@ -241,6 +241,9 @@ def test_hpa_scales_on_a_metric_the_adapter_serves(docs: dict[str, list[dict[str
     for rule in config["rules"]:
         assert set(re.findall(r"(?:nv|tensorgate)_[a-z_]+", rule["seriesQuery"])) <= _exported_metrics()
     assert hpa["minReplicas"] >= 2  # the PDB's maxUnavailable 1 then always leaves one serving
+    # DNS-balancing clients only find the pods the HPA adds when their connections are recycled
+    (container,) = _one(docs["cpu"], "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert 0 < _serve_args(container).grpc_max_connection_age_secs <= 300
 
 
 def test_dashboard_queries_name_exported_metrics(docs: dict[str, list[dict[str, Any]]]) -> None:
