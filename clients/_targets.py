@@ -57,18 +57,27 @@ class RetryPolicy:
         initial_backoff_s: the first backoff bound, seconds.
         max_backoff_s: the largest backoff bound, seconds.
         backoff_multiplier: growth of the bound per attempt.
+        throttle_tokens: gRPC's retry throttling, per channel: each failure costs a token, each
+            success earns ``throttle_ratio``; below half the tokens no call is retried. So a
+            crash (16 calls in flight fail at once) is retried, while sustained overload
+            (queue-full UNAVAILABLE) is not multiplied by retries.
+        throttle_ratio: tokens earned per success.
     """
 
     max_attempts: int = MAX_ATTEMPTS
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
     backoff_multiplier: float = 2.0
+    throttle_tokens: int = 100
+    throttle_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         if not 2 <= self.max_attempts <= MAX_ATTEMPTS:
             raise ValueError(f"max_attempts must be 2 to {MAX_ATTEMPTS} (gRPC's limit), not {self.max_attempts}")
         if self.initial_backoff_s <= 0 or self.max_backoff_s <= 0 or self.backoff_multiplier <= 0:
             raise ValueError("backoffs and multiplier must be positive")
+        if not (0 < self.throttle_tokens <= 1000 and 0 < self.throttle_ratio):
+            raise ValueError("throttle_tokens must be 1 to 1000 (gRPC's limit) and throttle_ratio positive")
 
     def as_config(self) -> dict[str, Any]:
         return {
@@ -136,6 +145,7 @@ def _service_config(balanced: bool, retry: RetryPolicy | None) -> dict[str, Any]
                 "retryPolicy": retry.as_config(),
             }
         ]
+        config["retryThrottling"] = {"maxTokens": retry.throttle_tokens, "tokenRatio": retry.throttle_ratio}
     return config
 
 

@@ -77,6 +77,7 @@ def test_literal_replicas_become_one_balanced_ipv4_target() -> None:
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     (method,) = config["methodConfig"]  # type: ignore[misc]
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert config["retryThrottling"] == {"maxTokens": 100, "tokenRatio": 0.1}
     names = {n["method"] for n in method["name"]}
     assert "ModelInfer" in names and "ModelStreamInfer" not in names and "RepositoryModelLoad" not in names
 
@@ -117,6 +118,8 @@ def test_retry_policy_is_checked() -> None:
         RetryPolicy(max_attempts=9)
     with pytest.raises(ValueError, match="positive"):
         RetryPolicy(initial_backoff_s=0)
+    with pytest.raises(ValueError, match="throttle_tokens"):
+        RetryPolicy(throttle_tokens=0)
 
 
 # ---- real replicas ------------------------------------------------------------------------------
@@ -160,6 +163,16 @@ def test_deadline_bounds_all_attempts(replicas: dict[str, RunningServer]) -> Non
             client.infer("m", _inputs(), model_version="1", client_timeout=0.5)
     # UNAVAILABLE would mean the retries ran out (or never ran) before the deadline
     assert caught.value.status == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_retry_throttling_stops_retries_after_failures(replicas: dict[str, RunningServer]) -> None:
+    # two tokens: the first failure leaves 1, at or below half, so it is not retried: UNAVAILABLE at
+    # once instead of waiting out the 30 s backoff into the deadline (as in the test above)
+    throttled = RetryPolicy(initial_backoff_s=30, max_backoff_s=30, throttle_tokens=2)
+    with InferenceClient([replicas["sick"].url], retry=throttled) as client:
+        with pytest.raises(InferenceServerError) as caught:
+            client.infer("m", _inputs(), model_version="1", client_timeout=5)
+    assert caught.value.status == grpc.StatusCode.UNAVAILABLE
 
 
 def test_retries_give_up_with_unavailable_when_no_replica_can_serve(replicas: dict[str, RunningServer]) -> None:
