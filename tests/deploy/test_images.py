@@ -3,12 +3,14 @@
 What is checked: hadolint over every Dockerfile; the shape the issue asks for (multi-stage,
 pinned bases, non-root numeric USER, HEALTHCHECK through grpc.health.v1, writable paths on
 volumes); and the CPU image's build stage replayed outside Docker: its COPY and RUN lines in
-a temporary folder and venv, after which the installed `tensorgate` serves a repository and
-the image's HEALTHCHECK command reports it. What is not: `docker build` itself.
+a temporary folder and venv, Dockerfile.bake's `tensorgate build` and the Deployment's
+seed-engine-cache command after it, then the installed `tensorgate` serving the baked engines
+warm and the image's HEALTHCHECK command reporting it. What is not: `docker build` itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,9 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
-from deploy_support import DOCKER, REPO_ROOT, dockerfile_stages, tool
+import yaml
+from deploy_support import DOCKER, K8S, REPO_ROOT, dockerfile_stages, tool
 
-from support import free_port, write_model
+from support import free_port
+
+sys.path.insert(0, str(REPO_ROOT / "tests" / "engines"))
+from engine_models import mlp_repository_model, precision_config
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
 IMAGES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
@@ -89,8 +95,25 @@ def _replay_build_stage(context: Path, venv: Path) -> None:
         assert out.returncode == 0, f"RUN {command}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
 
 
+def _bake_and_seed(venv: Path, repo: Path, baked: Path, cache: Path) -> str:
+    """Dockerfile.bake's RUN, then the Deployment's seed-engine-cache init command, paths swapped."""
+    _, (stage,) = dockerfile_stages(DOCKER / "Dockerfile.bake")
+    (run,) = stage.all("RUN")
+    argv = [str(venv / "bin" / a) if a == "tensorgate" else str(repo) if a == "/models" else
+            str(baked) if a == "/opt/tensorgate/baked-engines" else a for a in json.loads(run)]
+    built = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    deployment = yaml.safe_load((K8S / "base" / "deployment.yaml").read_text())
+    (seed,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    command = seed["command"][-1].replace("/opt/tensorgate/baked-engines", str(baked)).replace("/cache", str(cache))
+    subprocess.run(["sh", "-c", command], check=True, timeout=60)
+    return built.stdout
+
+
 @pytest.mark.slow
 def test_cpu_image_install_steps_serve_and_pass_the_healthcheck(tmp_path: Path) -> None:
+    """Install as the image does; bake a repository's engines as Dockerfile.bake does and seed them as
+    the Deployment's init container does; serve from the installed venv warm; HEALTHCHECK it."""
     context, venv = tmp_path / "src", tmp_path / "opt-tensorgate"
     _replay_build_stage(context, venv)
     # every installed distribution is pinned: the image is reproducible from constraints.txt
@@ -99,18 +122,22 @@ def test_cpu_image_install_steps_serve_and_pass_the_healthcheck(tmp_path: Path) 
     pins = {line.lower() for line in (DOCKER / "constraints.txt").read_text().split() if "==" in line}
     assert {line.lower() for line in frozen} - pins == set()
 
-    repo = tmp_path / "models"
-    write_model(repo, "m", 'name: "m"\nmax_batch_size: 8\n')
+    repo, cache = tmp_path / "models", tmp_path / "cache"
+    mlp_repository_model(repo, "fp16", precision_config("FP16"))
+    baked = _bake_and_seed(venv, repo, tmp_path / "baked-engines", cache)
+    assert "1 ready (0 from the cache), 0 failed" in baked
     port = free_port()
     env = {**os.environ, "HOME": str(tmp_path), "TENSORGATE_GRPC_PORT": str(port),
-           "TENSORGATE_MODEL_REPOSITORY": str(repo), "TENSORGATE_CACHE_DIR": str(tmp_path / "cache"),
-           "TENSORGATE_ALLOW_METRICS": "false"}
+           "TENSORGATE_MODEL_REPOSITORY": str(repo), "TENSORGATE_CACHE_DIR": str(cache),
+           "TENSORGATE_ENGINE_CACHE_DIR": str(cache / "engines"), "TENSORGATE_ALLOW_METRICS": "false"}
     check = [str(venv / "bin" / "python"), str(DOCKER / "healthcheck.py")]
     server = subprocess.Popen([str(venv / "bin" / "tensorgate"), "serve"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
     try:
         assert server.stdout is not None
         for line in server.stdout:  # bounded: the server prints this line or exits
+            lines.append(line)
             if "serving inference.GRPCInferenceService" in line:
                 break
         answer = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
@@ -118,6 +145,9 @@ def test_cpu_image_install_steps_serve_and_pass_the_healthcheck(tmp_path: Path) 
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+    text = "".join(lines)
+    assert "model fp16 version 1: engine cache hit" in text, text  # the baked engines served warm
+    assert "building the" not in text
     time.sleep(0.2)
     gone = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and "UNAVAILABLE" in gone.stderr
