@@ -155,6 +155,7 @@ def test_drain_and_kill_under_load_rebalance_to_the_survivor(replicas: list[tupl
     report = {
         "sent": len(outcomes),
         "failed": sum(1 for o in outcomes if o.status != "OK"),
+        "in_flight_at_sigterm": Counter(o.status for o in outcomes if o.start < T_TERM <= o.end),
         "phases": {"before_sigterm": before_term, "drain": drain, "sigkill": kill, "survivor_only": survivor_only},
         "health_while_draining": health_seen,
         "drained_replica_exit_code": drain_exit,
@@ -168,11 +169,13 @@ def test_drain_and_kill_under_load_rebalance_to_the_survivor(replicas: list[tupl
         Path(os.environ["TENSORGATE_REPLICA_REPORT"]).write_text(json.dumps(report, indent=1))
 
     assert before_term["OK"] > 0 and survivor_only["OK"] > 0, report
-    # the drain loses nothing: in-flight calls finish on A, new ones go (or are retried) elsewhere
-    assert set(drain) == {"OK"}, report
-    # the kill: what was in flight on B is retried on A/C (UNAVAILABLE is retryable); only a deadline may fail
-    assert set(kill) - {"OK", "DEADLINE_EXCEEDED"} == set(), report
-    assert set(survivor_only) == {"OK"}, report
+    # the drain loses nothing: calls in flight on A at SIGTERM finish there, new ones go (or are
+    # retried) elsewhere; the kill: what was in flight on B is retried on A/C (UNAVAILABLE is
+    # retryable), so the only failure allowed is a deadline, and only for a call that overlapped it
+    for o in outcomes:
+        overlaps_kill = o.start < T_SETTLED and o.end >= T_KILL
+        allowed = {"OK", "DEADLINE_EXCEEDED"} if overlaps_kill else {"OK"}
+        assert o.status in allowed, (o, report)
     # rebalanced: once A and B are gone, C serves every call the client completes (16 may straddle a snapshot)
     assert survivor_after - survivor_before >= ok_in_window > 0, report
     assert first_ok_after_kill < DEADLINE_S, report
