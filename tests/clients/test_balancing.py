@@ -17,9 +17,15 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import AsyncInferenceClient, InferenceClient, InferenceServerError, InferInput, RetryPolicy
-from clients._targets import resolve_target
 from support import RunningServer, free_port, write_model
+from tensorgate.clients import (
+    AsyncInferenceClient,
+    InferenceClient,
+    InferenceServerError,
+    InferInput,
+    RetryPolicy,
+)
+from tensorgate.clients._targets import resolve_target
 
 CONFIG = 'name: "m"\nmax_batch_size: 8\n'
 

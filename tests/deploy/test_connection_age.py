@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from clients import InferenceClient, InferInput
 from support import running_server, write_model
+from tensorgate.clients import InferenceClient, InferInput
 
 
 def _states_during_load(url: str, seconds: float) -> tuple[list[grpc.ChannelConnectivity], int, int]:

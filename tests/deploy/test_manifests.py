@@ -27,7 +27,7 @@ from deploy_support import (
     validate_prometheus_crs,
 )
 
-from server.cli import build_parser
+from tensorgate.server.cli import build_parser
 
 OVERLAYS = {"cpu": K8S / "overlays" / "cpu", "gpu": K8S / "overlays" / "gpu"}
 KUSTOMIZATIONS = {**OVERLAYS, "prometheus-adapter": K8S / "prometheus-adapter", "kserve": KSERVE}

@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients import InferenceClient, InferenceServerError, InferInput
 from support import serve_subprocess, write_model
+from tensorgate.clients import InferenceClient, InferenceServerError, InferInput
 
 pytestmark = pytest.mark.slow
 
