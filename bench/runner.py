@@ -201,7 +201,8 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> di
     """
     progress = progress or NullProgress()
     c = config
-    async with AsyncInferenceClient(c.url) as client:
+    # no client-side retries: a load tester counts every answer the server gives, as perf_analyzer does
+    async with AsyncInferenceClient(c.url, retry=False) as client:
         server = await client.get_server_metadata(client_timeout=30)
         extensions = sorted(server.extensions)
         if c.shared_memory != "none" and f"{c.shared_memory}_shared_memory" not in extensions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._errors import InferenceServerError
 from ._infer import InferInput, InferRequestedOutput, InferResult
+from ._targets import RetryPolicy
 from .aio_client import AsyncInferenceClient
 from .codec import (
     DATATYPES,
@@ -40,6 +41,7 @@ __all__ = [
     "InferResult",
     "InferenceClient",
     "InferenceServerError",
+    "RetryPolicy",
     "config_dtype_to_datatype",
     "contents_to_numpy",
     "datatype_to_config_dtype",

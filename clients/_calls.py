@@ -70,12 +70,15 @@ class Call(Generic[_Req, _Resp, _Out]):
 
 
 def channel_options(
-    max_message_bytes: int, channel_args: Sequence[tuple[str, Any]] | None
+    max_message_bytes: int,
+    channel_args: Sequence[tuple[str, Any]] | None,
+    target_options: Sequence[tuple[str, Any]] = (),
 ) -> list[tuple[str, Any]]:
-    """Message limits first; the caller's channel_args come last so they win."""
+    """Message limits and the target's service config first; the caller's channel_args come last so they win."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        *target_options,
         *(channel_args or ()),
     ]
 

@@ -19,6 +19,7 @@ from ._calls import DEFAULT_MAX_MESSAGE_BYTES, Call, CallOptions, Headers, Strea
 from ._errors import InferenceServerError, rpc_errors
 from ._infer import InferInput, InferOptions, InferRequestedOutput, InferResult, build_infer_request
 from ._stream import CallbackStream, StreamCallback
+from ._targets import RetryPolicy, resolve_target
 from .pb import grpc_service_pb2 as pb
 from .pb import grpc_service_pb2_grpc as pb_grpc
 
@@ -35,7 +36,11 @@ class InferenceClient:
     """A blocking client for inference.GRPCInferenceService (Triton / KServe v2).
 
     Args:
-        url: "host:port" of the server.
+        url: "host:port" of the server; several replicas as a list of "host:port" IP literals, or a
+            gRPC target such as "dns:///name:port" (a headless Service): both balanced round-robin.
+        retry: retry UNAVAILABLE (a replica draining, gone, or without the model) on the next replica,
+            within the call's deadline: True (default, ``RetryPolicy()``), a ``RetryPolicy``, or False.
+            Inference requests are idempotent, so a retry never runs a request twice with effect.
         ssl: use TLS (ignored when `credentials` is given).
         root_certificates: with ssl, a PEM file of the roots that verify the server (default: gRPC's bundle).
         private_key: with ssl, the client's PEM key file, for servers that require client certificates.
@@ -47,8 +52,9 @@ class InferenceClient:
 
     def __init__(
         self,
-        url: str = "127.0.0.1:8001",
+        url: str | Sequence[str] = "127.0.0.1:8001",
         *,
+        retry: RetryPolicy | bool = True,
         ssl: bool = False,
         root_certificates: str | os.PathLike[str] | None = None,
         private_key: str | os.PathLike[str] | None = None,
@@ -57,12 +63,13 @@ class InferenceClient:
         channel_args: Sequence[tuple[str, Any]] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        options = _calls.channel_options(max_message_bytes, channel_args)
+        target = resolve_target(url, retry)
+        options = _calls.channel_options(max_message_bytes, channel_args, target.options)
         creds = _calls.channel_credentials(ssl, credentials, root_certificates, private_key, certificate_chain)
         self._channel = (
-            grpc.secure_channel(url, creds, options)
+            grpc.secure_channel(target.uri, creds, options)
             if creds is not None
-            else grpc.insecure_channel(url, options)
+            else grpc.insecure_channel(target.uri, options)
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._stream: CallbackStream | None = None

@@ -122,6 +122,13 @@ class InferenceServer:
             # a second server on a taken port must fail, not share it (--workers sets this)
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
+        if s.max_connection_age_secs > 0:
+            # GOAWAY after this age: DNS-balancing clients reconnect and re-resolve; calls still
+            # running get the exit timeout to finish before the connection is cut
+            options += [
+                ("grpc.max_connection_age_ms", int(s.max_connection_age_secs * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(s.exit_timeout_secs * 1000)),
+            ]
         address = f"{s.grpc_address}:{s.grpc_port}"
         reason = "the address is in use or not available"
         try:

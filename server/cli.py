@@ -85,6 +85,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
+        "--grpc-max-connection-age-secs",
+        type=float,
+        default=float(_env("GRPC_MAX_CONNECTION_AGE_SECS", "0") or 0),
+        help="close each client connection after this many seconds (GOAWAY; calls in flight finish), so "
+        "clients balancing over a DNS name (a headless Service) re-resolve and reach new replicas "
+        "(default 0: never)",
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         default=_env("CACHE_DIR"),
@@ -287,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
         telemetry=telemetry,
         allow_client_shm=args.allow_client_shm,
         security=security_settings_from_args(args),  # exits with the reason on inconsistent TLS flags
+        max_connection_age_secs=args.grpc_max_connection_age_secs,
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))

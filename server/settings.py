@@ -51,6 +51,8 @@ class ServerSettings:
         allow_client_shm: let clients register system shared-memory regions (off by default: a region lets
             a client read and write shm objects the server's user can open).
         security: TLS, restricted groups, bearer tokens, metrics TLS (server.security).
+        max_connection_age_secs: close each client connection (GOAWAY, in-flight calls finish) after
+            this long, so clients balancing over DNS re-resolve and reach replicas added since; 0 = never.
     """
 
     model_repository: Path | None = None
@@ -77,6 +79,7 @@ class ServerSettings:
     def resolved_http_address(self) -> str:
         return self.http_address or self.grpc_address
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    max_connection_age_secs: float = 0.0
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -12,5 +12,11 @@ python3 -m venv .venv
 # tritonclient and perf_analyzer live in their own venvs (their inference.* protobuf symbols clash with ours)
 bash tests/interop/setup_interop.sh
 
+# the Prometheus operator's CRD validators for tests/deploy (npm; node from Debian when missing)
+if ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+npm ci --prefix tests/deploy/crd --no-audit --no-fund --silent
+
 .venv/bin/python protos/generate.py --check
 exec .venv/bin/python -m pytest "$@"

@@ -15,6 +15,7 @@ def test_public_api() -> None:
         "InferResult",
         "InferenceClient",
         "InferenceServerError",
+        "RetryPolicy",
         "config_dtype_to_datatype",
         "contents_to_numpy",
         "datatype_to_config_dtype",
