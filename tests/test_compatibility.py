@@ -71,3 +71,20 @@ def test_extension_rows_match_server_metadata(server: RunningServer) -> None:
     assert advertised <= set(table), f"advertised but not in the README: {advertised - set(table)}"
     for name, status in table.items():
         assert (status != "not supported") == (name in advertised), name
+
+
+def _fill(path: str) -> str:
+    return path.replace("{model}", "simple").replace("{version}", "1").replace("{region}", "compat")
+
+
+@pytest.mark.parametrize("route", sorted(_table("rest")))
+def test_rest_row_matches_the_server(server: RunningServer, route: str) -> None:
+    import httpx
+
+    method, path = route.split(" ", 1)
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        response = http.request(method, _fill(path), json={} if method == "POST" else None)
+    if _table("rest")[route] == "not supported":
+        assert response.status_code in (404, 501), f"{route} answers {response.status_code}: README says no"
+    else:
+        assert response.status_code not in (404, 405, 501), f"{route} answers {response.status_code}: {response.text}"
