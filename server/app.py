@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
+from .lifecycle import ModelControl
 from .registry import ModelRegistry
 from .settings import ServerSettings
 from .telemetry.hub import Telemetry
@@ -32,9 +33,15 @@ class InferenceServer:
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
+            strict_config=settings.strict_model_config,
+            unload_timeout=settings.model_unload_timeout_secs,
+        )
+        self.control = ModelControl(
+            self.registry, settings.model_control_mode, settings.load_models, settings.repository_poll_secs,
+            settings.model_load_max_bytes,
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
-        self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)
+        self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry, self.control)
         self._transport = make_transport(settings.grpc_flavor, self.plane, settings.grpc_threads)
         self._serving = False
         self.port = 0
@@ -49,7 +56,7 @@ class InferenceServer:
 
     async def start(self) -> None:
         """Load the repository, bind and start serving."""
-        await asyncio.get_running_loop().run_in_executor(None, self.registry.load_all)
+        await asyncio.get_running_loop().run_in_executor(None, self.control.start)
         s = self.settings
         options = [
             ("grpc.max_send_message_length", s.max_send_message_bytes),
@@ -62,6 +69,7 @@ class InferenceServer:
         self.port = await self._transport.start(address, options)
         if self.port == 0:
             self.telemetry.stop()
+            self.control.stop()
             raise OSError(f"cannot bind {address}")
         self._serving = True
         self.plane.accepting = True
@@ -82,6 +90,7 @@ class InferenceServer:
         await self._publish_health()
         grace = self.settings.exit_timeout_secs if grace is None else grace
         await self._transport.stop(grace)
+        await asyncio.get_running_loop().run_in_executor(None, self.control.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
         self._serving = False

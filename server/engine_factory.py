@@ -44,6 +44,7 @@ __all__ = [
     "LoadedEngine",
     "Placement",
     "Prepared",
+    "Progress",
     "create_engine",
     "engine_settings",
     "instance_count",
@@ -282,10 +283,11 @@ def _describe(name: str, version: int, prepared: Prepared) -> tuple[str, dict[st
 
 
 def create_engine(
-    name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings
+    name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
+    progress: Progress | None = None,
 ) -> LoadedEngine:
     """Build the engine for one model version from its (not yet completed) config."""
-    prepared = prepare(name, version, model_file, config, settings)
+    prepared = prepare(name, version, model_file, config, settings, progress)
     summary, parameters = _describe(name, version, prepared)
     placement = prepared.placement
     if placement.device == "gpu":

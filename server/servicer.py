@@ -31,7 +31,7 @@ from .errors import (
 )
 from .request import InferRequest
 from .telemetry.logs import failure_trace_id, request_fields
-from .wire import encode_response
+from .wire import encode_response, repository_parameters
 
 __all__ = ["UNIMPLEMENTED_FEATURES", "InferenceServicer", "status_for", "stream_error_response"]
 
@@ -50,8 +50,6 @@ _INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 # RPCs owned by later features: each answers UNIMPLEMENTED naming its feature
 UNIMPLEMENTED_FEATURES = {
-    "RepositoryModelLoad": "model control (RepositoryModelLoad)",
-    "RepositoryModelUnload": "model control (RepositoryModelUnload)",
     "SystemSharedMemoryStatus": "the system shared-memory extension",
     "SystemSharedMemoryRegister": "the system shared-memory extension",
     "SystemSharedMemoryUnregister": "the system shared-memory extension",
@@ -179,6 +177,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryIndexResponse:
         return self._plane.repository_index(request.ready)
 
+    # model control: the model-repository group of a restricted-protocol interceptor
+
+    @_unary
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        parameters = repository_parameters(request)
+        loop = asyncio.get_running_loop()  # a load builds engines: never on the event loop
+        return await loop.run_in_executor(None, self._plane.load_model, request.model_name, parameters)
+
+    @_unary
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        parameters = repository_parameters(request)
+        loop = asyncio.get_running_loop()  # waits for in-flight requests
+        return await loop.run_in_executor(None, self._plane.unload_model, request.model_name, parameters)
+
     # ---- inference -------------------------------------------------------------------
 
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
@@ -265,12 +281,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet"
         )
-
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "RepositoryModelLoad")
-
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "RepositoryModelUnload")
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "SystemSharedMemoryStatus")

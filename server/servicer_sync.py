@@ -23,7 +23,7 @@ from .errors import CancelledError
 from .request import InferRequest
 from .servicer import UNIMPLEMENTED_FEATURES, status_for, stream_error_response
 from .telemetry.logs import failure_trace_id
-from .wire import encode_response
+from .wire import encode_response, repository_parameters
 
 __all__ = ["SyncInferenceServicer"]
 
@@ -92,7 +92,21 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self._call(context, self._plane.model_statistics, request.name, request.version)  # type: ignore[no-any-return]
 
     def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        return self._plane.repository_index(request.ready)
+        return self._call(context, self._plane.repository_index, request.ready)  # type: ignore[no-any-return]
+
+    def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        return self._call(  # type: ignore[no-any-return]
+            context, lambda: self._plane.load_model(request.model_name, repository_parameters(request))
+        )
+
+    def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        return self._call(  # type: ignore[no-any-return]
+            context, lambda: self._plane.unload_model(request.model_name, repository_parameters(request))
+        )
 
     def _submit(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext, sink: Any, waiter: Any = None
@@ -171,12 +185,6 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _unimplemented(self, context: Any, rpc: str) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet")
-
-    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "RepositoryModelLoad")
-
-    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "RepositoryModelUnload")
 
     def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         return self._unimplemented(context, "SystemSharedMemoryStatus")

@@ -44,6 +44,13 @@ class ServerSettings:
             (default <cache_dir>/engines).
         engine_cache_max_bytes: the engine cache's size bound; least recently used entries go first.
         telemetry: traces (--trace-config), the metrics endpoint and log format (server.telemetry).
+        model_control_mode: none | poll | explicit (Triton's --model-control-mode).
+        load_models: explicit mode: the models loaded at start ("*": all; --load-model).
+        repository_poll_secs: poll mode: seconds between repository scans.
+        strict_model_config: config fields without effect fail the load instead of warning.
+        model_unload_timeout_secs: how long an unloading or replaced version's in-flight requests
+            (queued ones included) may take before the rest fail with UNAVAILABLE.
+        model_load_max_bytes: the most file-override bytes one RepositoryModelLoad may carry.
     """
 
     model_repository: Path | None = None
@@ -61,6 +68,12 @@ class ServerSettings:
     engine_cache_dir: Path | None = None
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()
+    repository_poll_secs: float = 15.0
+    strict_model_config: bool = False
+    model_unload_timeout_secs: float = 30.0
+    model_load_max_bytes: int = 1 << 30
 
     @property
     def resolved_cache_dir(self) -> Path:
