@@ -18,6 +18,7 @@ from lifecycle_support import ADD_SUB_CONFIG, add_sub_repository, index_rows, in
 
 from clients import InferenceClient, InferenceServerError, InferInput
 from server.demo.models import build_add_sub, build_mlp
+from server.errors import RetiredError
 from support import RunningServer, running_server
 
 # a warm-up long enough that a load is seen LOADING beside the serving version
@@ -233,3 +234,41 @@ def test_load_unload_cycles_leak_no_threads_or_fds(tmp_path: Path) -> None:
         srv.server.registry.wait_retired(30)
         assert not _threads() - threads  # no name more often than before (a worker per instance and cycle)
         assert _fds() <= fds + 2  # gRPC may open a pipe or two for its own pollers
+
+
+class _Collect:
+    """A completion sink that remembers what it was handed."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.requests: list[object] = []
+
+    def deliver(self, requests: object) -> None:
+        self.requests.extend(requests)  # type: ignore[call-overload]
+        self.done.set()
+
+
+def test_a_request_resolved_just_before_the_switch_runs_on_the_new_version(tmp_path: Path) -> None:
+    """The race a rollout must not lose: "latest" resolved to v1, v1 retired before the request is queued."""
+    from clients import InferInput as In
+    from clients._infer import build_infer_request
+
+    repo = add_sub_repository(tmp_path)
+    with running_server(repo, model_control_mode="explicit", load_models=("*",)) as srv:
+        a = np.zeros((1, 16), np.int32)
+        wire = build_infer_request("simple", [In("INPUT0", [1, 16], "INT32").set_data_from_numpy(a),
+                                              In("INPUT1", [1, 16], "INT32").set_data_from_numpy(a)])
+        plane = srv.server.plane
+        latest, pinned = plane.prepare(wire), plane.prepare(build_infer_request(
+            "simple", [In("INPUT0", [1, 16], "INT32").set_data_from_numpy(a),
+                       In("INPUT1", [1, 16], "INT32").set_data_from_numpy(a)], model_version="1"))
+        build_add_sub(repo / "simple" / "2" / "model.onnx")
+        srv.server.control.load("simple", {})
+        srv.server.registry.wait_retired(30)  # version 1 has stopped taking requests
+        sink = _Collect()
+        latest.sink = sink
+        plane.submit(latest)
+        assert sink.done.wait(10) and latest.error is None and latest.model.version == 2
+        with pytest.raises(RetiredError) as info:
+            plane.submit(pinned)  # a client that named version 1 gets its honest answer
+        assert "version 1 is unloading" in str(info.value)
