@@ -83,5 +83,7 @@ def interop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def interop_server(interop_env: InteropEnv, interop_repository: Path) -> Iterator[InteropServer]:
-    with serve_subprocess(interop_repository) as (proc, port):
+    # explicit mode with every model loaded at start: the same models serve, and load_model (the
+    # model_repository extension's probe) reloads one, as Triton does
+    with serve_subprocess(interop_repository, "--model-control-mode", "explicit", "--load-model", "*") as (proc, port):
         yield InteropServer(proc, port)

@@ -76,7 +76,7 @@ def test_a_failing_warmup_fails_the_load_with_its_reason(tmp_path: Path, warmup:
     model_dir = write_model(tmp_path, "simple", ADD_SUB_CONFIG + warmup)
     (model_dir / "warmup").mkdir()
     (model_dir / "warmup" / "short.bin").write_bytes(b"\x00" * 10)
-    mv, error = _load(model_dir)
+    mv, _ = _load(model_dir)
     assert mv is not None and not mv.ready and mv.engine is None
     assert mv.reason.startswith("model_warmup 'w'") and reason in mv.reason, mv.reason
 
