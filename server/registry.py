@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .engine_factory import EngineSettings
 from .errors import NotFoundError, UnavailableError
@@ -166,6 +167,7 @@ class ModelRegistry:
             for mv in leaving:
                 mv.stop(self.unload_timeout)
             _run(cleanup)
+            _trim_heap()
 
         thread = threading.Thread(target=retire, name=f"tg-retire-{entry.source.name}"[:40], daemon=True)
         with self._lock:
@@ -192,6 +194,7 @@ class ModelRegistry:
                 mv.stop(self.unload_timeout)
             cleanup, entry.cleanup = entry.cleanup, None
             _run(cleanup)
+            _trim_heap()
             log.info("model %s unloaded", name)
             return True
 
@@ -307,6 +310,23 @@ class ModelRegistry:
         return all(not e.error for e in self._models.values()) and all(
             mv.ready for mv in self.all_versions()
         )
+
+
+def _trim_heap() -> None:
+    """Give the freed engine memory back to the OS (glibc keeps it in its arenas otherwise)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 def _run(cleanup: Cleanup | None) -> None:
