@@ -163,10 +163,17 @@ def test_unload_waits_for_queued_requests(tmp_path: Path) -> None:
     with running_server(_slow_repository(tmp_path), model_control_mode="explicit", load_models=("*",)) as srv, \
             InferenceClient(srv.url) as client:
         threads, results = _flood(srv, 16)
-        client.unload_model("slow")  # returns once the queue drained
+        unloader = threading.Thread(target=client.unload_model, args=("slow",))  # returns once drained
+        unloader.start()
+        states = []
+        while unloader.is_alive():
+            states.append(index_rows(client)[("slow", "1")][0])
+            time.sleep(0.01)
+        unloader.join()
         for t in threads:
             t.join(30)
         assert results == ["ok"] * 16
+        assert "UNLOADING" in states and index_rows(client)[("slow", "1")] == ("UNAVAILABLE", "unloaded")
 
 
 def test_unload_fails_what_is_still_queued_after_its_bound(tmp_path: Path) -> None:
