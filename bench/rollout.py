@@ -1,6 +1,6 @@
 """Model lifecycle figures: a rollout under load, a broken rollout under load, and load/unload cycles.
 
-    python -m bench.rollout [--concurrency 16] [--seconds 4] [--cycles 20] [--json out.json]
+    python -m bench.rollout [--concurrency 16] [--seconds 4] [--cycles 20] [--warmup-count 200] [--json out.json]
 
 A tensorgate server (its own process, explicit model control) serves "mlp" version 1 while `concurrency`
 closed-loop grpc.aio clients send requests for "latest". Then version 2 is added and loaded (the switch),
@@ -37,18 +37,18 @@ __all__ = ["main", "run"]
 _CONFIG = """max_batch_size: 16
 dynamic_batching { max_queue_delay_microseconds: 500 }
 instance_group [ { kind: KIND_CPU count: 1 } ]
-model_warmup [ { name: "w" batch_size: 16 count: 20
+model_warmup [ { name: "w" batch_size: 16 count: {warmup}
   inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 784 ] random_data: true } } } ]
 """
-_SIZES = (784, 256, 10)
+_SIZES = (784, 1024, 1024, 10)  # the demo MLP, about 1.8M weights
 
 
-def _repository(root: Path) -> Path:
+def _repository(root: Path, warmup: int) -> Path:
     from server.demo.models import build_mlp
 
     for name in ("mlp", "cycled"):
         build_mlp(root / name / "1" / "model.onnx", _SIZES)
-        (root / name / "config.pbtxt").write_text(_CONFIG)
+        (root / name / "config.pbtxt").write_text(_CONFIG.replace("{warmup}", str(max(1, warmup))))
     return root
 
 
@@ -164,16 +164,16 @@ def _cycles(server: ServerProcess, cycles: int) -> dict[str, Any]:
             "rss_ratio": round(after["rss_mb"] / before["rss_mb"], 4)}
 
 
-def run(concurrency: int, seconds: float, cycles: int) -> dict[str, Any]:
+def run(concurrency: int, seconds: float, cycles: int, warmup: int = 200) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tg-rollout-") as tmp:
-        repo = _repository(Path(tmp))
+        repo = _repository(Path(tmp), warmup)
         server = start_tensorgate(repo, ["--model-control-mode", "explicit", "--load-model", "mlp"])
         try:
             rollout = _rollout(server, repo, concurrency, seconds)
             cycled = _cycles(server, cycles)
         finally:
             server.stop()
-    return {"concurrency": concurrency, "rollout": rollout, "load_unload": cycled}
+    return {"concurrency": concurrency, "warmup_count": warmup, "rollout": rollout, "load_unload": cycled}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of load before and after each load")
     parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--warmup-count", type=int, default=200,
+                        help="model_warmup count of each version (batch 16): how long a load builds beside "
+                        "the serving version")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    result = run(args.concurrency, args.seconds, args.cycles)
+    result = run(args.concurrency, args.seconds, args.cycles, args.warmup_count)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -6,7 +6,7 @@ from bench.rollout import run
 
 
 def test_rollout_bench_reports_phases_with_no_failed_request() -> None:
-    result = run(concurrency=4, seconds=0.5, cycles=2)
+    result = run(concurrency=4, seconds=0.5, cycles=2, warmup=5)
     rollout = result["rollout"]
     assert rollout["total"]["failed"] == 0 and rollout["total"]["sent"] > 0
     assert rollout["served_versions_at_end"] == ["2"]  # the switch happened, the broken version 3 did not
