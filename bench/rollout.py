@@ -156,12 +156,16 @@ def _cycles(server: ServerProcess, cycles: int) -> dict[str, Any]:
         cycle()
         time.sleep(0.5)
         before = _proc(server.pid)
+        samples = []
         for _ in range(cycles):
             cycle()
+            samples.append(round(_proc(server.pid)["rss_mb"], 1))
         time.sleep(0.5)
         after = _proc(server.pid)
+    # glibc and ONNX Runtime arenas make RSS swing by a few MB from one cycle to the next: the samples
+    # show whether it trends (a leak) or swings around a level
     return {"cycles": cycles, "before": before, "after": after,
-            "rss_ratio": round(after["rss_mb"] / before["rss_mb"], 4)}
+            "rss_ratio": round(after["rss_mb"] / before["rss_mb"], 4), "rss_mb_per_cycle": samples}
 
 
 def run(concurrency: int, seconds: float, cycles: int, warmup: int = 200) -> dict[str, Any]:
