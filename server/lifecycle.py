@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import InvalidArgumentError, NotFoundError, UnavailableError
 from .names import check_model_name, is_valid_model_name
@@ -34,6 +36,7 @@ DEFAULT_LOAD_MAX_BYTES = 1 << 30
 # Triton's words (model_repository_manager.cc), which Triton's clients and scripts match on
 _NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
 _MAX_FINGERPRINT_FILES = 10_000
+_T = TypeVar("_T")
 
 
 def _fingerprint(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
@@ -78,11 +81,30 @@ class ModelControl:
         self._fingerprints: dict[str, tuple[tuple[str, int, int], ...]] = {}
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        # every load and unload runs on this one thread: engines are built and freed in one malloc arena
+        # (glibc gives each thread its own), so load/unload cycles do not spread memory over many arenas
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-model-control",
+                                          initializer=self._mark_worker)
+        self._worker_ident: int | None = None
+
+    def _mark_worker(self) -> None:
+        self._worker_ident = threading.get_ident()
+
+    def _on_worker(self, fn: Callable[[], _T]) -> _T:
+        if threading.get_ident() == self._worker_ident:  # already there (start's --load-model loads)
+            return fn()
+        return self._worker.submit(fn).result()
 
     # ---- start and stop -------------------------------------------------------------
 
     def start(self) -> None:
         """Load what the mode loads at start (blocking), then start polling in poll mode."""
+        self._on_worker(self._start)
+        if self.mode == "poll" and self.poll_secs > 0:
+            self._poller = threading.Thread(target=self._poll_loop, name="tg-repository-poll", daemon=True)
+            self._poller.start()
+
+    def _start(self) -> None:
         repository = self.registry.repository
         if self.mode != "explicit" or "*" in self.startup_models:
             self._fingerprints = {p.name: _fingerprint(p) for p in model_folders(repository)}
@@ -93,15 +115,13 @@ class ModelControl:
                     self.load(name, {}, startup=True)
                 except (LoadFailedError, InvalidArgumentError, NotFoundError) as exc:
                     log.error("--load-model %s: %s", name, exc)
-        if self.mode == "poll" and self.poll_secs > 0:
-            self._poller = threading.Thread(target=self._poll_loop, name="tg-repository-poll", daemon=True)
-            self._poller.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(self.poll_secs + 60)
             self._poller = None
+        self._worker.shutdown(wait=True)
 
     # ---- the RPCs ---------------------------------------------------------------------
 
@@ -145,7 +165,7 @@ class ModelControl:
                 cleanup()
             raise
         try:
-            self.registry.load(source, cleanup)
+            self._on_worker(lambda: self.registry.load(source, cleanup))
         except LoadFailedError as exc:
             raise InvalidArgumentError(str(exc)) from exc
 
@@ -162,7 +182,7 @@ class ModelControl:
                 raise InvalidArgumentError(f"unknown unload parameter {key[:120]!r}; expected 'unload_dependents'")
             if not isinstance(value, bool):
                 raise InvalidArgumentError("unload parameter 'unload_dependents' must be a bool")
-        self.registry.unload(name)
+        self._on_worker(lambda: self.registry.unload(name))
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every model with its versions' states; explicit mode also lists repository models not loaded."""
@@ -205,6 +225,6 @@ class ModelControl:
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_secs):
             try:
-                self.poll_once()
+                self._on_worker(self.poll_once)
             except Exception:  # the poller must outlive one bad scan
                 log.exception("repository poll failed")

@@ -14,6 +14,7 @@ reason (RepositoryIndex and the log show it) while every other model serves.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -313,8 +314,13 @@ class ModelRegistry:
 
 
 def _trim_heap() -> None:
-    """Give the freed engine memory back to the OS (glibc keeps it in its arenas otherwise)."""
+    """Free what unloaded versions held, then give it back to the OS (glibc keeps it in its arenas otherwise).
+
+    A version's scheduler and model refer to each other, so without a collection the engine's buffers
+    would wait for the next full garbage collection.
+    """
     global _malloc_trim
+    gc.collect()
     if _malloc_trim is None:
         try:
             import ctypes
