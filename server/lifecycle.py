@@ -188,7 +188,7 @@ class ModelControl:
         """Every model with its versions' states; explicit mode also lists repository models not loaded."""
         entries = self.registry.index(ready_only)
         if self.mode == "explicit" and not ready_only:
-            known = set(self.registry.names())
+            known = {e.name for e in entries}
             try:
                 folders = [p.name for p in model_folders(self.registry.repository)]
             except FileNotFoundError:

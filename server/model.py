@@ -145,7 +145,7 @@ def load_model_version(
     log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
     instances: list[EngineInstance] = []
     try:
-        if model_file.is_symlink() or not model_file.is_file():
+        if not model_file.is_file():
             raise LoadError(f"version {version} has no model file {model_file.name}")
         loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings(), progress)
         engine = loaded.engine

@@ -31,6 +31,7 @@ from .repository import CONFIG_FILENAME
 __all__ = ["DEFAULT_MAX_FILES", "LoadOverrides", "StagedModel", "parse_overrides", "stage_files"]
 
 DEFAULT_MAX_FILES = 256
+MAX_CONFIG_CHARS = 4 << 20  # a JSON ModelConfig is kilobytes; parsing megabytes only costs the server
 FILE_PREFIX = "file:"
 
 
@@ -54,6 +55,8 @@ class StagedModel:
 def _parse_config(name: str, text: object) -> tuple[mc.ModelConfig, bool]:
     if not isinstance(text, str):
         raise InvalidArgumentError("load parameter 'config' must be a string holding a JSON ModelConfig")
+    if len(text) > MAX_CONFIG_CHARS:
+        raise InvalidArgumentError(f"load parameter 'config' is longer than {MAX_CONFIG_CHARS} characters")
     try:
         raw = json.loads(text)
         if not isinstance(raw, dict):

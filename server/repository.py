@@ -91,8 +91,8 @@ def read_model_source(model_dir: Path, strict: bool = False) -> ModelSource:
     """
     source = ModelSource(name=model_dir.name, path=model_dir)
     config_path = model_dir / CONFIG_FILENAME
-    if config_path.is_symlink() or (config_path.exists() and not config_path.is_file()):
-        source.error = f"{CONFIG_FILENAME} must be a regular file"
+    if config_path.exists() and not config_path.is_file():  # a link to a file is fine (Kubernetes ConfigMaps)
+        source.error = f"{CONFIG_FILENAME} must be a file"
         return source
     if config_path.exists():
         try:

@@ -62,7 +62,7 @@ def _sample(mv: ModelVersion, warmup: mc.ModelWarmup, name: str, spec: mc.ModelW
         if not is_valid_model_name(filename):
             raise _bad(warmup, f"input_data_file {filename[:80]!r} must be a plain file name")
         path = mv.path / WARMUP_FOLDER / filename
-        if path.is_symlink() or not path.is_file():
+        if not path.is_file():
             raise _bad(warmup, f"input '{name}': no file {WARMUP_FOLDER}/{filename} in the model folder")
         if path.stat().st_size > _MAX_WARMUP_BYTES:
             raise _bad(warmup, f"input '{name}': {WARMUP_FOLDER}/{filename} is too large")

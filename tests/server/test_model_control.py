@@ -139,6 +139,8 @@ def test_config_and_file_overrides(tmp_path: Path, flavor: str) -> None:
         ({"config": "{not json"}, "not a valid ModelConfig"),
         ({"config": json.dumps({"no_such_field": 1})}, "not a valid ModelConfig"),
         ({"config": json.dumps({"name": "other"})}, "names the model 'other'"),
+        ({"config": " " * ((4 << 20) + 1)}, "longer than"),
+        ({"config": json.dumps({"default_model_filename": "../../x.onnx"})}, "must be a plain file name"),
     ],
 )
 def test_bad_overrides_are_refused_before_anything_is_written(
@@ -191,3 +193,18 @@ def test_async_client_loads_and_unloads(tmp_path: Path) -> None:
                 return states
 
         assert asyncio.run(go()) == ["READY", "UNAVAILABLE"]
+
+
+def test_a_linked_config_loads_as_kubernetes_mounts_it(tmp_path: Path) -> None:
+    """ConfigMap volumes are links to files: the repository is the operator's, so links there are fine."""
+    repo = add_sub_repository(tmp_path / "repo")
+    real = tmp_path / "configmap" / "config.pbtxt"
+    real.parent.mkdir()
+    (repo / "simple" / "config.pbtxt").rename(real)
+    (repo / "simple" / "config.pbtxt").symlink_to(real)
+    with running_server(repo, model_control_mode="explicit", load_models=("simple",)) as srv, \
+            InferenceClient(srv.url) as client:
+        assert index_rows(client)[("simple", "1")] == ("READY", "")
+        client.unload_model("simple")
+        client.load_model("simple")
+        infer_add_sub(client)
