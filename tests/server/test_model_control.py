@@ -208,3 +208,19 @@ def test_a_linked_config_loads_as_kubernetes_mounts_it(tmp_path: Path) -> None:
         client.unload_model("simple")
         client.load_model("simple")
         infer_add_sub(client)
+
+
+def test_serve_refuses_bad_model_control_flags() -> None:
+    import subprocess
+    import sys
+
+    from support import REPO_ROOT
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server", "serve", "--grpc-port", "0", *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    no_mode = serve("--load-model", "simple")
+    assert no_mode.returncode == 2 and "--load-model needs --model-control-mode explicit" in no_mode.stderr
+    bad_name = serve("--model-control-mode", "EXPLICIT", "--load-model", "../simple")
+    assert bad_name.returncode == 2 and "not a valid model name" in bad_name.stderr
