@@ -1,6 +1,6 @@
 """Model lifecycle figures: a rollout under load, a broken rollout under load, and load/unload cycles.
 
-    python -m bench.rollout [--concurrency 16] [--seconds 4] [--cycles 20] [--warmup-count 200] [--json out.json]
+    python -m tensorgate.bench.rollout [--concurrency 16] [--seconds 4] [--cycles 20] [--warmup-count 200] [--json out.json]
 
 A tensorgate server (its own process, explicit model control) serves "mlp" version 1 while `concurrency`
 closed-loop grpc.aio clients send requests for "latest". Then version 2 is added and loaded (the switch),
@@ -26,9 +26,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients import InferenceClient
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients import InferenceClient
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .servers import ServerProcess, start_tensorgate
 
@@ -44,7 +44,7 @@ _SIZES = (784, 1024, 1024, 10)  # the demo MLP, about 1.8M weights
 
 
 def _repository(root: Path, warmup: int) -> Path:
-    from server.demo.models import build_mlp
+    from tensorgate.server.demo.models import build_mlp
 
     for name in ("mlp", "cycled"):
         build_mlp(root / name / "1" / "model.onnx", _SIZES)
@@ -107,7 +107,7 @@ def _window(records: list[tuple[float, float, str]], start: float, end: float) -
 
 
 def _rollout(server: ServerProcess, repo: Path, concurrency: int, seconds: float) -> dict[str, Any]:
-    from server.demo.models import build_mlp
+    from tensorgate.server.demo.models import build_mlp
 
     driver = _Driver(server.url, concurrency)
     thread = driver.start()
@@ -181,7 +181,7 @@ def run(concurrency: int, seconds: float, cycles: int, warmup: int = 200) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.rollout", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tensorgate.bench.rollout", description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of load before and after each load")
     parser.add_argument("--cycles", type=int, default=20)

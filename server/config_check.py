@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from clients.pb import model_config_pb2 as mc
+from tensorgate.clients.pb import model_config_pb2 as mc
 
 __all__ = ["ERRORS", "IMPLEMENTED", "WARNINGS", "ConfigFindings", "check_config"]
 

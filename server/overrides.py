@@ -22,7 +22,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from clients.pb import model_config_pb2 as mc
+from tensorgate.clients.pb import model_config_pb2 as mc
 
 from .errors import InvalidArgumentError
 from .names import check_relative_path

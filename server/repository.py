@@ -18,7 +18,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from clients.pb import model_config_pb2 as mc
+from tensorgate.clients.pb import model_config_pb2 as mc
 
 from .config_check import check_config
 from .names import is_valid_model_name

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.codec import CodecError, config_dtype_to_datatype, raw_to_numpy
-from clients.pb import model_config_pb2 as mc
-from engines import EngineInstance
+from tensorgate.clients.codec import CodecError, config_dtype_to_datatype, raw_to_numpy
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import EngineInstance
 
 from .engine_factory import LoadError
 from .names import is_valid_model_name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.rollout import run
+from tensorgate.bench.rollout import run
 
 
 def test_rollout_bench_reports_phases_with_no_failed_request() -> None:

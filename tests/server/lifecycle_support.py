@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clients import InferenceClient, InferInput, InferResult
 from support import write_model
+from tensorgate.clients import InferenceClient, InferInput, InferResult
 
 ADD_SUB_CONFIG = """
 max_batch_size: 8

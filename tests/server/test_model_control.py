@@ -10,9 +10,9 @@ import grpc
 import pytest
 from lifecycle_support import add_sub_repository, index_rows, infer_add_sub
 
-from clients import InferenceClient, InferenceServerError
-from server.demo.models import build_add_sub
 from support import running_server
+from tensorgate.clients import InferenceClient, InferenceServerError
+from tensorgate.server.demo.models import build_add_sub
 
 NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
 
@@ -161,8 +161,8 @@ def test_bad_overrides_are_refused_before_anything_is_written(
 
 
 def test_unknown_parameters_are_refused(tmp_path: Path) -> None:
-    from clients.pb import grpc_service_pb2 as pb
-    from clients.pb import grpc_service_pb2_grpc as pb_grpc
+    from tensorgate.clients.pb import grpc_service_pb2 as pb
+    from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
     repo = add_sub_repository(tmp_path / "repo")
     with running_server(repo, model_control_mode="explicit", load_models=("*",)) as srv:
@@ -180,7 +180,7 @@ def test_unknown_parameters_are_refused(tmp_path: Path) -> None:
 def test_async_client_loads_and_unloads(tmp_path: Path) -> None:
     import asyncio
 
-    from clients import AsyncInferenceClient
+    from tensorgate.clients import AsyncInferenceClient
 
     repo = add_sub_repository(tmp_path, "simple")
     with running_server(repo, model_control_mode="explicit") as srv:
@@ -217,7 +217,7 @@ def test_serve_refuses_bad_model_control_flags() -> None:
     from support import REPO_ROOT
 
     def serve(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "server", "serve", "--grpc-port", "0", *args], cwd=REPO_ROOT,
+        return subprocess.run([sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", "0", *args], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120)
 
     no_mode = serve("--load-model", "simple")

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from lifecycle_support import ADD_SUB_CONFIG, add_sub_repository, index_rows, infer_add_sub
 
-from clients import InferenceClient, InferenceServerError, InferInput
-from server.demo.models import build_add_sub, build_mlp
-from server.errors import RetiredError
 from support import RunningServer, running_server
+from tensorgate.clients import InferenceClient, InferenceServerError, InferInput
+from tensorgate.server.demo.models import build_add_sub, build_mlp
+from tensorgate.server.errors import RetiredError
 
 # a warm-up long enough that a load is seen LOADING beside the serving version
 SLOW_WARMUP = """
@@ -257,8 +257,8 @@ class _Collect:
 
 def test_a_request_resolved_just_before_the_switch_runs_on_the_new_version(tmp_path: Path) -> None:
     """The race a rollout must not lose: "latest" resolved to v1, v1 retired before the request is queued."""
-    from clients import InferInput as In
-    from clients._infer import build_infer_request
+    from tensorgate.clients import InferInput as In
+    from tensorgate.clients._infer import build_infer_request
 
     repo = add_sub_repository(tmp_path)
     with running_server(repo, model_control_mode="explicit", load_models=("*",)) as srv:

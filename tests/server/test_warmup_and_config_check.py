@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from lifecycle_support import ADD_SUB_CONFIG, add_sub_repository
 
-from clients.pb import model_config_pb2 as mc
-from server import config_check
-from server.model import ModelVersion, load_model_version
-from server.repository import read_model_source
 from support import REPO_ROOT, running_server, write_model
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.server import config_check
+from tensorgate.server.model import ModelVersion, load_model_version
+from tensorgate.server.repository import read_model_source
 
 
 def _load(model_dir: Path, strict: bool = False) -> tuple[ModelVersion | None, str]:
@@ -148,7 +148,7 @@ def test_unimplemented_fields_warn_or_fail(tmp_path: Path, caplog: pytest.LogCap
 
 
 def _tensorgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tensorgate.server", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "COLUMNS": "200"})
 
 
