@@ -32,6 +32,7 @@ __all__ = [
     "channel_credentials",
     "channel_options",
     "infer_call",
+    "load_model",
     "metadata",
     "model_config",
     "model_metadata",
@@ -43,6 +44,7 @@ __all__ = [
     "server_ready",
     "stream_item",
     "stream_request",
+    "unload_model",
 ]
 
 #: INT32_MAX: protobuf's hard limit, the server's default and tritonclient's channel setting.
@@ -188,6 +190,28 @@ def repository_index(
     ready: bool, as_json: bool
 ) -> Call[pb.RepositoryIndexRequest, pb.RepositoryIndexResponse, pb.RepositoryIndexResponse | dict[str, Any]]:
     return Call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready), _json_or(as_json))
+
+
+def load_model(
+    name: str, config: str | None, files: Mapping[str, bytes] | None
+) -> Call[pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse, None]:
+    """tritonclient's load_model: `config` a JSON ModelConfig, `files` {"file:<version>/<name>": bytes}."""
+    request = pb.RepositoryModelLoadRequest(model_name=name)
+    if config is not None:
+        request.parameters["config"].string_param = config
+    for key, content in (files or {}).items():
+        if not key.startswith("file:"):
+            raise ValueError(f"file override keys start with 'file:' (e.g. 'file:1/model.onnx'), got {key!r}")
+        request.parameters[key].bytes_param = content
+    return Call("RepositoryModelLoad", request, lambda r: None)
+
+
+def unload_model(
+    name: str, unload_dependents: bool
+) -> Call[pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse, None]:
+    request = pb.RepositoryModelUnloadRequest(model_name=name)
+    request.parameters["unload_dependents"].bool_param = unload_dependents
+    return Call("RepositoryModelUnload", request, lambda r: None)
 
 
 def model_statistics(

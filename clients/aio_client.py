@@ -8,7 +8,7 @@ Create it inside the event loop that will use it (grpc.aio channels belong to a 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -204,6 +204,29 @@ class AsyncInferenceClient:
     ) -> pb.RepositoryIndexResponse | dict[str, Any]:
         """Every model in the repository with its state and reason (only ready ones with `ready`)."""
         return await self._unary(_calls.repository_index(ready, as_json), call)
+
+    async def load_model(
+        self,
+        model_name: str,
+        config: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        **call: Unpack[CallOptions],
+    ) -> None:
+        """Load or reload a model (explicit model control), as tritonclient's ``load_model``.
+
+        Args:
+            model_name: the model.
+            config: a JSON ModelConfig that replaces config.pbtxt.
+            files: ``{"file:<version>/<name>": bytes}``: the model's files, sent in the request
+                (then ``config`` is required and the repository's folder is not used).
+        """
+        return await self._unary(_calls.load_model(model_name, config, files), call)
+
+    async def unload_model(
+        self, model_name: str, unload_dependents: bool = False, **call: Unpack[CallOptions]
+    ) -> None:
+        """Unload a model; returns once its in-flight requests finished (bounded by the server)."""
+        return await self._unary(_calls.unload_model(model_name, unload_dependents), call)
 
     @overload
     async def get_inference_statistics(

@@ -20,6 +20,7 @@ from pathlib import Path
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .http import Authorize, HttpEndpoint, policy_authorizer
+from .lifecycle import ModelControl
 from .registry import ModelRegistry
 from .security.exposure import exposure_warning
 from .security.metrics import AccessCollector
@@ -77,12 +78,18 @@ class InferenceServer:
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
+            strict_config=settings.strict_model_config,
+            unload_timeout=settings.model_unload_timeout_secs,
+        )
+        self.control = ModelControl(
+            self.registry, settings.model_control_mode, settings.load_models, settings.repository_poll_secs,
+            settings.model_load_max_bytes,
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
         if self.policy.active:
             self.telemetry.extra_collectors.append(AccessCollector(self.policy))
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry,
-                               SharedMemoryRegions(settings.allow_client_shm))
+                               shm=SharedMemoryRegions(settings.allow_client_shm), control=self.control)
         self._transport = make_transport(
             settings.grpc_flavor, self.plane, settings.grpc_threads, TransportSecurity(self.certificates, self.policy)
         )
@@ -175,10 +182,11 @@ class InferenceServer:
         """Bind (unless done), load the repository, start serving."""
         await self.bind()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.registry.load_all)
+            await asyncio.get_running_loop().run_in_executor(None, self.control.start)  # loads per the mode
             # tracing (a bad trace file fails here), metrics
             self.telemetry.start(self.settings.grpc_address, self._metrics_tls)
         except BaseException:
+            await asyncio.get_running_loop().run_in_executor(None, self.control.stop)
             await self._release()
             raise
         await self._transport.start()
@@ -219,6 +227,7 @@ class InferenceServer:
         grace = self.settings.exit_timeout_secs if grace is None else grace
         stops = [self._transport.stop(grace)] + ([self.http.stop()] if self.http is not None else [])
         await asyncio.gather(*stops)
+        await asyncio.get_running_loop().run_in_executor(None, self.control.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
         self.plane.shm.close()  # nothing stays mapped

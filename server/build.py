@@ -1,14 +1,19 @@
-"""`tensorgate build`: build the artifacts and engines a repository asks for, ahead of time (the CI/CD step).
+"""`tensorgate build`: the CI gate. Load every model version exactly as `serve` would, then unload it.
 
-It runs the same ``engine_factory.prepare`` a server runs at load time, so what
-it leaves in the engine cache is exactly what a server started afterwards with
-the same ``--engine-cache-dir`` finds: every model then logs a cache hit and
-starts without building. Each step gets a progress line; a summary table
-follows; any failed build or refused accuracy gate makes the exit status 1.
+It runs the server's own load path (``repository.read_model_source`` with the
+config check, ``model.load_model_version``: engine build through the cache and
+the accuracy gate, config completion against the model, instances, warm-up),
+so a config that serve would refuse fails build with the same message, and
+what it leaves in the engine cache is exactly what a server started afterwards
+with the same ``--engine-cache-dir`` finds. Each step gets a progress line; a
+summary table (or, with ``--json``, one JSON document) follows; any failure
+makes the exit status 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sys
 import time
@@ -17,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine_factory import EngineSettings, Prepared, prepare
+from .engine_factory import EngineSettings
+from .model import ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
 
 __all__ = ["BuildRow", "build_repository", "run_build"]
@@ -38,31 +44,33 @@ class BuildRow:
     cache: str = ""
     key: str = ""
     error: str = ""
+    warnings: tuple[str, ...] = ()
+    warmup_runs: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.error
 
 
-def _row(name: str, version: int, prepared: Prepared, seconds: float) -> BuildRow:
-    artifact = prepared.artifact
-    acc = artifact.accuracy
+def _row(mv: ModelVersion, seconds: float, warnings: Sequence[str]) -> BuildRow:
+    acc = mv.accuracy
     accuracy = ""
     if acc is not None:
         accuracy = f"cos {acc.min_cosine:.5f} max|err| {acc.max_abs_error:.3g}"
         if acc.top1_agreement is not None:
             accuracy += f" top1 {acc.top1_agreement:.3f}"
-    if prepared.placement.device == "gpu":
-        device = "gpu " + ",".join(str(g) for g in sorted(set(prepared.placement.instance_gpus)))
-    else:
-        device = prepared.engines[0].device if prepared.engines else "cpu (not cached)"
-    keys = ",".join(e.key[:12] for e in prepared.engines) or artifact.key[:12]
-    return BuildRow(name, str(version), artifact.spec.label, device, seconds, accuracy,
-                    "hit" if prepared.cache_hit else "built", keys)
+    parameters = mv.config.parameters
+    precision = parameters["precision_artifact"].string_value if "precision_artifact" in parameters else ""
+    keys = parameters["engine_cache_key"].string_value if "engine_cache_key" in parameters else ""
+    keys = ",".join(k[:12] for k in keys.split(",") if k)
+    cache = ("hit" if mv.cache_hit else "built") if keys else "not cached"
+    return BuildRow(mv.name, mv.version_str, precision, mv.engine_kind, seconds, accuracy, cache, keys,
+                    warnings=tuple(warnings), warmup_runs=mv.warmup_runs)
 
 
 def build_repository(
-    repository: Path, models: Sequence[str], settings: EngineSettings, console: Any | None = None
+    repository: Path, models: Sequence[str], settings: EngineSettings, console: Any | None = None,
+    strict: bool = False,
 ) -> list[BuildRow]:
     """Prepare every selected model version; never raises for a model's failure.
 
@@ -71,11 +79,12 @@ def build_repository(
         models: names to build (empty: all).
         settings: where the engine cache is.
         console: a rich Console for progress (None: no progress display).
+        strict: config fields without effect are errors (--strict-model-config), as serve would have them.
 
     Returns:
         One row per model version (or per model that failed before its versions).
     """
-    sources = scan_repository(repository)
+    sources = scan_repository(repository, strict)
     known = {s.name for s in sources}
     rows = [BuildRow(m, "-", error="no such model in the repository") for m in models if m not in known]
     selected = [s for s in sources if not models or s.name in models]
@@ -114,19 +123,23 @@ class _Steps:
 
 def _build_source(source: ModelSource, settings: EngineSettings, progress: Any | None) -> list[BuildRow]:
     if source.error:
-        return [BuildRow(source.name, "-", error=source.error)]
+        return [BuildRow(source.name, "-", error=source.error, warnings=tuple(source.warnings))]
     rows = []
     for version, model_file in sorted(source.versions.items()):
         steps = _Steps(progress, f"{source.name} v{version}")
         steps("hashing the model, looking up the engine cache")
         start = time.monotonic()
+        mv = load_model_version(source.name, version, model_file, source.config,
+                                max_batch_size_given=source.max_batch_size_given, engine_settings=settings,
+                                progress=steps)
         try:
-            prepared = prepare(source.name, version, model_file, source.config, settings, steps)
-            row = _row(source.name, version, prepared, time.monotonic() - start)
-        except Exception as exc:  # report every model; the exit status says something failed
-            log.debug("build of %s v%d failed", source.name, version, exc_info=True)
-            row = BuildRow(source.name, str(version), seconds=time.monotonic() - start,
-                           error=str(exc) or type(exc).__name__)
+            if mv.ready:
+                row = _row(mv, time.monotonic() - start, source.warnings)
+            else:
+                row = BuildRow(source.name, str(version), seconds=time.monotonic() - start, error=mv.reason,
+                               warnings=tuple(source.warnings))
+        finally:
+            mv.stop(0)  # built and checked; nothing is served
         steps("done" if row.ok else "FAILED")
         steps.finish()
         rows.append(row)
@@ -147,21 +160,40 @@ def _table(rows: Sequence[BuildRow]) -> Any:
     return table
 
 
-def run_build(repository: Path, models: Sequence[str], cache_dir: Path, max_bytes: int) -> int:
-    """The command: progress, summary table, exit status (0 all built and gated, 1 otherwise)."""
+def run_build(repository: Path, models: Sequence[str], cache_dir: Path, max_bytes: int, strict: bool = False,
+              as_json: bool = False) -> int:
+    """The command: progress, summary table or JSON, exit status (0 all loaded and gated, 1 otherwise)."""
     from rich.console import Console
 
     console = Console(stderr=True)
     try:
-        rows = build_repository(repository, models, EngineSettings(cache_dir, max_bytes), console)
+        rows = build_repository(repository, models, EngineSettings(cache_dir, max_bytes), console, strict)
     except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc), "models": []}))
+        else:
+            console.print(f"[red]{exc}[/red]")
         return 2
+    failed = [r for r in rows if not r.ok]
+    hits = sum(1 for r in rows if r.ok and r.cache == "hit")
+    status = 1 if failed or not rows else 0
+    if as_json:
+        document = {
+            "ok": status == 0,
+            "ready": len(rows) - len(failed),
+            "from_cache": hits,
+            "failed": len(failed),
+            "engine_cache": str(cache_dir),
+            "models": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
+        }
+        print(json.dumps(document, indent=2))
+        return status
     out = Console(width=None if sys.stdout.isatty() else 160)
     out.print(_table(rows))
-    failed = [r for r in rows if not r.ok]
+    for r in rows:
+        for warning in r.warnings:
+            out.print(f"[yellow]WARNING[/yellow] {r.model}: {warning}", highlight=False, soft_wrap=True)
     for r in failed:
         out.print(f"[red]FAILED[/red] {r.model} version {r.version}: {r.error}", highlight=False, soft_wrap=True)
-    hits = sum(1 for r in rows if r.ok and r.cache == "hit")
     print(f"{len(rows) - len(failed)} ready ({hits} from the cache), {len(failed)} failed; engine cache: {cache_dir}")
-    return 1 if failed or not rows else 0
+    return status

@@ -126,6 +126,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="let clients register system shared-memory regions (Triton's system_shared_memory extension; "
         "default false: a registered region lets a client read and write the server user's shm objects)",
     )
+    _add_model_control_flags(p)
     add_telemetry_flags(p)  # --trace-config, --metrics-port, --allow-metrics, --log-format, ...
     add_security_flags(p)  # --grpc-use-ssl..., --grpc-restricted-protocol, --grpc-auth-token-file, ...
     p.set_defaults(handler=_serve)
@@ -158,6 +159,53 @@ def _resolve_ports(args: argparse.Namespace) -> None:
     for name, offset in (("http_port", 0), ("grpc_port", 1), ("metrics_port", 2)):
         if getattr(args, name) < 0:
             setattr(args, name, base + offset if base >= 0 else 8000 + offset)
+def _add_strict_config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strict-model-config",
+        action="store_true",
+        default=_env("STRICT_MODEL_CONFIG", "") in ("1", "true"),
+        help="config.pbtxt fields that tensorgate does not implement fail the load instead of logging a "
+        "warning (the README lists them)",
+    )
+
+
+def _add_model_control_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-control-mode",
+        type=str.lower,
+        choices=("none", "poll", "explicit"),
+        default=(_env("MODEL_CONTROL_MODE", "none") or "none").lower(),
+        help="none: load every model at start, no load/unload (default); poll: also rescan the repository every "
+        "--repository-poll-secs and roll out added, changed and removed models; explicit: load only "
+        "--load-model models at start, then RepositoryModelLoad/Unload",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[m for m in (_env("LOAD_MODEL", "") or "").split(",") if m],
+        metavar="NAME",
+        help="explicit mode: a model to load at start (repeatable; '*' loads every model)",
+    )
+    p.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=float(_env("REPOSITORY_POLL_SECS", "15") or 15),
+        help="poll mode: seconds between repository scans (default 15)",
+    )
+    p.add_argument(
+        "--model-unload-timeout-secs",
+        type=float,
+        default=float(_env("MODEL_UNLOAD_TIMEOUT_SECS", "30") or 30),
+        help="how long an unloaded or replaced version's in-flight requests (queued ones included) may take; "
+        "what is still queued then fails with UNAVAILABLE (default 30)",
+    )
+    p.add_argument(
+        "--model-load-max-bytes",
+        type=int,
+        default=int(_env("MODEL_LOAD_MAX_BYTES", str(1 << 30)) or 1 << 30),
+        help="the most file-override bytes one RepositoryModelLoad may carry (default 1 GiB)",
+    )
+    _add_strict_config_flag(p)
 
 
 def _add_engine_cache_flags(p: argparse.ArgumentParser) -> None:
@@ -189,6 +237,9 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="build only this model (repeatable; default: every model)")
     p.add_argument("--cache-dir", type=Path, default=_env("CACHE_DIR"), help="cache folder")
     _add_engine_cache_flags(p)
+    _add_strict_config_flag(p)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (rows, warnings, summary) on stdout for CI systems")
     p.add_argument("--log-verbose", type=int, default=0, help="0 = warnings only (default), 1 = info, 2 = debug")
     p.set_defaults(handler=_build)
 
@@ -207,7 +258,8 @@ def _build(args: argparse.Namespace) -> int:
 
     _tool_logging(args.log_verbose)
     cache = args.engine_cache_dir or (args.cache_dir or default_cache_dir()) / "engines"
-    return run_build(args.model_repository, args.model, cache, int(args.engine_cache_max_gb * 2**30))
+    return run_build(args.model_repository, args.model, cache, int(args.engine_cache_max_gb * 2**30),
+                     strict=args.strict_model_config, as_json=args.json)
 
 
 def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -272,6 +324,15 @@ def _serve(args: argparse.Namespace) -> int:
     from .telemetry.logs import configure_logs
 
     _resolve_ports(args)
+    if args.load_model and args.model_control_mode != "explicit":
+        print("tensorgate serve: --load-model needs --model-control-mode explicit", file=sys.stderr)
+        return 2
+    from .names import is_valid_model_name
+
+    bad = [m for m in args.load_model if m != "*" and not is_valid_model_name(m)]
+    if bad:
+        print(f"tensorgate serve: --load-model {bad[0]!r} is not a valid model name", file=sys.stderr)
+        return 2
     telemetry = telemetry_settings_from_args(args)  # exits with the reason on a bad --trace-config
     configure_logs(telemetry, args.log_verbose)  # --log-format, --log-file, --log-info/-warning/-error
     settings = ServerSettings(
@@ -296,6 +357,12 @@ def _serve(args: argparse.Namespace) -> int:
         allow_client_shm=args.allow_client_shm,
         security=security_settings_from_args(args),  # exits with the reason on inconsistent TLS flags
         max_connection_age_secs=args.grpc_max_connection_age_secs,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        repository_poll_secs=args.repository_poll_secs,
+        strict_model_config=args.strict_model_config,
+        model_unload_timeout_secs=args.model_unload_timeout_secs,
+        model_load_max_bytes=args.model_load_max_bytes,
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))

@@ -15,12 +15,13 @@ from importlib.metadata import version as _dist_version
 
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
-from .errors import InvalidArgumentError, NotFoundError, ServerError, UnimplementedError
+from .errors import InvalidArgumentError, NotFoundError, RetiredError, ServerError, UnavailableError
+from .lifecycle import ModelControl
 from .registry import ModelRegistry
 from .request import InferRequest
 from .shm import SharedMemoryRegions
 from .telemetry.hub import Telemetry
-from .wire import decode_request
+from .wire import decode_request, repository_parameters
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
 
@@ -31,6 +32,8 @@ EXTENSIONS = (
     "classification",
     "logging",
     "model_configuration",
+    "model_repository",
+    "model_repository(unload_dependents)",
     "parameters",
     "schedule_policy",
     "statistics",
@@ -51,10 +54,12 @@ class DataPlane:
 
     def __init__(
         self, registry: ModelRegistry, strict_readiness: bool = False, telemetry: Telemetry | None = None,
-        shm: SharedMemoryRegions | None = None,
+        shm: SharedMemoryRegions | None = None, control: ModelControl | None = None,
     ) -> None:
         self.registry = registry
         self.shm = shm or SharedMemoryRegions()
+        # load, unload, poll, index: the model-repository extension (mode none unless the app says)
+        self.control = control or ModelControl(registry)
         self.strict_readiness = strict_readiness
         self.accepting = False  # set by the app: started and not draining
         self._version = server_version()
@@ -107,7 +112,7 @@ class DataPlane:
         return pb.RepositoryIndexResponse(
             models=[
                 Index(name=e.name, version=e.version, state=e.state, reason=e.reason)
-                for e in self.registry.index(ready_only)
+                for e in self.control.index(ready_only)
             ]
         )
 
@@ -159,13 +164,23 @@ class DataPlane:
         return pb.CudaSharedMemoryUnregisterResponse()
     # ---- model control (gRPC and HTTP both call these) ----------------------------------
 
-    def repository_model_load(self, request: pb.RepositoryModelLoadRequest) -> None:
-        """RepositoryModelLoad / POST v2/repository/models/{m}/load (not built yet: UNIMPLEMENTED / 501)."""
-        raise UnimplementedError("model control (RepositoryModelLoad) is not implemented by this server yet")
+    def load_model(self, name: str, parameters: dict[str, object]) -> pb.RepositoryModelLoadResponse:
+        """Blocks until the new version set serves (or failed); transports run it off their loop."""
+        self.control.load(name, parameters)
+        return pb.RepositoryModelLoadResponse()
 
-    def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest) -> None:
-        """RepositoryModelUnload / POST v2/repository/models/{m}/unload (not built yet: UNIMPLEMENTED / 501)."""
-        raise UnimplementedError("model control (RepositoryModelUnload) is not implemented by this server yet")
+    def unload_model(self, name: str, parameters: dict[str, object]) -> pb.RepositoryModelUnloadResponse:
+        """Blocks until in-flight requests finished (bounded by --model-unload-timeout-secs)."""
+        self.control.unload(name, parameters)
+        return pb.RepositoryModelUnloadResponse()
+
+    def repository_model_load(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+        """RepositoryModelLoad / POST v2/repository/models/{m}/load, from the wire message (blocks)."""
+        return self.load_model(request.model_name, repository_parameters(request))
+
+    def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
+        """RepositoryModelUnload / POST v2/repository/models/{m}/unload, from the wire message (blocks)."""
+        return self.unload_model(request.model_name, repository_parameters(request))
 
     # ---- inference ---------------------------------------------------------------
 
@@ -179,15 +194,35 @@ class DataPlane:
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
         prepared = decode_request(mv, request, arrival, self.shm)
+        prepared.version_named = bool(request.model_version)
         if time_remaining is not None:
             prepared.deadline_ns = arrival + int(time_remaining * 1e9)
         return prepared
 
     def submit(self, request: InferRequest) -> None:
-        """Queue a prepared request; its sink is told when it is done."""
+        """Queue a prepared request; its sink is told when it is done.
+
+        A rollout may retire the version a "latest" request resolved to between
+        ``prepare`` and here: the request then goes to the version now serving
+        when that one takes the same inputs (zero failed requests in a switch).
+        """
         scheduler = request.model.scheduler
-        assert scheduler is not None
-        scheduler.submit(request)
+        if scheduler is None:
+            raise UnavailableError(f"model '{request.model.name}' is not ready")
+        try:
+            scheduler.submit(request)
+        except RetiredError:
+            if request.version_named:
+                raise
+            successor = self.registry.resolve(request.model.name)
+            if successor is request.model or (successor.inputs, successor.outputs) != (
+                request.model.inputs, request.model.outputs
+            ):
+                raise
+            if successor.scheduler is None:
+                raise
+            request.model = successor
+            successor.scheduler.submit(request)
 
     def cancel(self, request: InferRequest) -> bool:
         """Drop a queued request whose client went away; False when it is already running."""

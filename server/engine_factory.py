@@ -55,6 +55,7 @@ __all__ = [
     "LoadedEngine",
     "Placement",
     "Prepared",
+    "Progress",
     "create_engine",
     "engine_settings",
     "instance_count",
@@ -367,10 +368,11 @@ def _load_gpu(name: str, version: int, model_file: Path, config: mc.ModelConfig,
 
 
 def create_engine(
-    name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings
+    name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
+    progress: Progress | None = None,
 ) -> LoadedEngine:
     """Build the engine for one model version from its (not yet completed) config."""
-    prepared = prepare(name, version, model_file, config, settings)
+    prepared = prepare(name, version, model_file, config, settings, progress)
     placement = prepared.placement
     if placement.device == "gpu":
         return _load_gpu(name, version, model_file, config, settings, prepared)

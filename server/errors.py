@@ -7,7 +7,8 @@ Exception tree (gRPC status in brackets)::
     ├── AlreadyExistsError         [ALREADY_EXISTS]     a shared-memory region name already registered
     ├── InvalidArgumentError       [INVALID_ARGUMENT]   a request that cannot be right
     ├── UnavailableError           [UNAVAILABLE]        model not ready, server shutting down
-    │   └── QueueFullError         [UNAVAILABLE]        the model's queue is at max_queue_size
+    │   ├── QueueFullError         [UNAVAILABLE]        the model's queue is at max_queue_size
+    │   └── RetiredError           [UNAVAILABLE]        the version is unloading (replaced or unloaded)
     ├── DeadlineExceededError      [DEADLINE_EXCEEDED]  timed out while queued; never computed
     ├── CancelledError             [CANCELLED]          the client went away
     ├── UnimplementedError         [UNIMPLEMENTED]      an RPC or feature not built (yet)
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "QueueFullError",
+    "RetiredError",
     "ServerError",
     "UnavailableError",
     "UnimplementedError",
@@ -60,6 +62,12 @@ class UnavailableError(ServerError):
 
 
 class QueueFullError(UnavailableError):
+    public = True
+
+
+class RetiredError(UnavailableError):
+    """The model version stopped taking requests; a request for "latest" may go to its successor."""
+
     public = True
 
 

@@ -17,13 +17,15 @@ import numpy as np
 from tensorgate.clients.codec import config_dtype_to_datatype, datatype_to_numpy, element_size
 from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines import Engine, EngineError, EngineInstance, EngineLoadError
+from tensorgate.engines.accuracy import AccuracyReport
 
 from .autocomplete import ConfigError, complete_config
-from .engine_factory import EngineSettings, LoadError, create_engine
+from .engine_factory import EngineSettings, LoadError, Progress, create_engine
 from .repository import DEFAULT_MODEL_FILENAME
 from .scheduler import Scheduler
 from .telemetry.drift import drift_monitor
 from .telemetry.logs import model_state
+from .warmup import run_warmup
 
 __all__ = ["LoadError", "ModelState", "ModelVersion", "TensorInfo", "load_model_version"]
 
@@ -95,6 +97,10 @@ class ModelVersion:
         self.max_batch_size = 0
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
+        self.warmup_runs = 0  # warm-up executions made before READY
+        self.cache_hit = False  # the engine came from the engine cache (tensorgate build reports it)
+        self.engine_kind = ""
+        self.accuracy: AccuracyReport | None = None  # the precision artifact's figures vs fp32
 
     @property
     def ready(self) -> bool:
@@ -108,14 +114,15 @@ class ModelVersion:
         self.state = ModelState.UNAVAILABLE
         self.reason = reason
 
-    def stop(self) -> None:
-        """Drain the scheduler (queued requests finish) and release the engine."""
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Drain the scheduler (queued requests finish, up to `timeout`) and release the engine."""
         if self.state is ModelState.READY:
             self.state = ModelState.UNLOADING
         if self.scheduler is not None:
-            self.scheduler.stop()
+            self.scheduler.stop(timeout)  # kept: a late submit gets its clean "unloading" answer
         if self.engine is not None:
             self.engine.close()
+            self.engine = None
         if self.state is ModelState.UNLOADING:
             self.state = ModelState.UNAVAILABLE
             self.reason = "unloaded"
@@ -131,16 +138,21 @@ def load_model_version(
     *,
     max_batch_size_given: bool,
     engine_settings: EngineSettings | None = None,
+    progress: Progress | None = None,
 ) -> ModelVersion:
-    """Load one version: engine, effective config, instances, scheduler. Never raises."""
+    """Load one version: engine, effective config, instances, warm-up, scheduler. Never raises."""
     mv = ModelVersion(name, version, model_file.parent.parent)
     log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
+    instances: list[EngineInstance] = []
     try:
-        if not model_file.exists():
+        if not model_file.is_file():
             raise LoadError(f"version {version} has no model file {model_file.name}")
-        loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings())
+        loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings(), progress)
         engine = loaded.engine
         mv.engine = engine
+        mv.cache_hit = loaded.cache_hit
+        mv.engine_kind = engine.kind
+        mv.accuracy = loaded.accuracy
         config = complete_config(
             given,
             engine.inputs,
@@ -165,7 +177,11 @@ def load_model_version(
             if labels is not None:
                 mv.labels[output.name] = labels
         count = loaded.instance_count or _instance_count(config)  # GPU engines: count per listed GPU
-        instances: list[EngineInstance] = [engine.create_instance() for _ in range(count)]
+        instances = [engine.create_instance() for _ in range(count)]
+        if config.model_warmup:
+            if progress is not None:
+                progress("warm-up")
+            mv.warmup_runs = run_warmup(mv, instances)  # before READY: its failure fails the load
         mv.scheduler = Scheduler(mv, instances)
         mv.scheduler.drift = drift_monitor(mv, instances[0] if instances else None)  # opt-in per model
         mv.scheduler.start()
@@ -192,7 +208,28 @@ def load_model_version(
         mv.fail(f"failed to load: {type(exc).__name__}: {exc}")
         log.exception("model %s version %d UNAVAILABLE", name, version,
                       extra=model_state(name, version, "UNAVAILABLE", mv.reason))
+    if not mv.ready:
+        _release(mv, instances)
     return mv
+
+
+def _release(mv: ModelVersion, instances: list[EngineInstance]) -> None:
+    """A failed load gives back what it built (instances, engine) at once, not at garbage collection."""
+    if mv.scheduler is not None:
+        mv.scheduler.stop(0)
+        mv.scheduler = None
+    else:
+        for instance in instances:
+            try:
+                instance.close()
+            except Exception:  # best effort: the load already failed with its reason
+                log.debug("closing an instance of %s failed", mv.name, exc_info=True)
+    if mv.engine is not None:
+        try:
+            mv.engine.close()
+        except Exception:
+            log.debug("closing the engine of %s failed", mv.name, exc_info=True)
+        mv.engine = None
 
 
 def _instance_count(config: mc.ModelConfig) -> int:

@@ -20,7 +20,19 @@ from google.protobuf import text_format
 
 from tensorgate.clients.pb import model_config_pb2 as mc
 
-__all__ = ["DEFAULT_MODEL_FILENAME", "ModelSource", "read_model_source", "scan_repository", "select_versions"]
+from .config_check import check_config
+from .names import is_valid_model_name
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "DEFAULT_MODEL_FILENAME",
+    "ModelSource",
+    "complete_source",
+    "model_folders",
+    "read_model_source",
+    "scan_repository",
+    "select_versions",
+]
 
 log = logging.getLogger("tensorgate.repository")
 
@@ -41,6 +53,7 @@ class ModelSource:
         max_batch_size_given: config.pbtxt sets max_batch_size explicitly (even to 0).
         versions: version number -> model file, for the versions the policy selects.
         error: why the model cannot load at all (bad config, no versions), else None.
+        warnings: config fields that have no effect here (server.config_check).
     """
 
     name: str
@@ -49,6 +62,7 @@ class ModelSource:
     max_batch_size_given: bool = False
     versions: dict[int, Path] = field(default_factory=dict)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _strip_comments(text: str) -> str:
@@ -68,10 +82,18 @@ def select_versions(policy: mc.ModelVersionPolicy, available: list[int]) -> list
     return ordered[-count:]
 
 
-def read_model_source(model_dir: Path) -> ModelSource:
-    """Read one model folder: its config and the version files its policy selects."""
+def read_model_source(model_dir: Path, strict: bool = False) -> ModelSource:
+    """Read one model folder: its config and the version files its policy selects.
+
+    Args:
+        model_dir: the model's folder.
+        strict: config fields without effect are errors (--strict-model-config), not warnings.
+    """
     source = ModelSource(name=model_dir.name, path=model_dir)
     config_path = model_dir / CONFIG_FILENAME
+    if config_path.exists() and not config_path.is_file():  # a link to a file is fine (Kubernetes ConfigMaps)
+        source.error = f"{CONFIG_FILENAME} must be a file"
+        return source
     if config_path.exists():
         try:
             text = config_path.read_text(encoding="utf-8")
@@ -80,13 +102,29 @@ def read_model_source(model_dir: Path) -> ModelSource:
             source.error = f"invalid {CONFIG_FILENAME}: {exc}"
             return source
         source.max_batch_size_given = bool(_MAX_BATCH_GIVEN.search(_strip_comments(text)))
+    return complete_source(source, strict)
+
+
+def complete_source(source: ModelSource, strict: bool = False) -> ModelSource:
+    """Check a source's config (name, unsupported fields) and select its versions on disk."""
     if source.config.name and source.config.name != source.name:
         source.error = (
             f"{CONFIG_FILENAME} names the model '{source.config.name}' but its folder is '{source.name}'"
         )
         return source
     source.config.name = source.name
+    findings = check_config(source.config, strict)
+    source.warnings = findings.warnings
+    if findings.errors:
+        source.error = "unsupported config: " + "; ".join(findings.errors)
+        return source
 
+    unsafe = _unsafe_file_names(source.config)
+    if unsafe:
+        source.error = f"{CONFIG_FILENAME}: {unsafe}"
+        return source
+
+    model_dir = source.path
     available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     selected = select_versions(source.config.version_policy, available)
     if not selected:
@@ -100,12 +138,34 @@ def read_model_source(model_dir: Path) -> ModelSource:
     return source
 
 
-def scan_repository(repository: Path) -> list[ModelSource]:
-    """Every model folder in a repository, sorted by name (hidden folders skipped)."""
+def _unsafe_file_names(config: mc.ModelConfig) -> str:
+    """File names a config gives must stay inside the model folder (no separators, no '..')."""
+    named = [("default_model_filename", config.default_model_filename)]
+    named += [(f"output '{o.name}' label_filename", o.label_filename) for o in config.output]
+    for warmup in config.model_warmup:
+        named += [(f"model_warmup '{warmup.name}' input_data_file", i.input_data_file)
+                  for i in warmup.inputs.values() if i.WhichOneof("input_data_type") == "input_data_file"]
+    for what, name in named:
+        if name and not is_valid_model_name(name):
+            return f"{what} {name[:80]!r} must be a plain file name in the model folder"
+    return ""
+
+
+def model_folders(repository: Path) -> list[Path]:
+    """Every model folder of a repository, sorted by name; hidden and badly named folders are skipped."""
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} is not a directory")
-    sources = []
+    folders = []
     for child in sorted(repository.iterdir()):
-        if child.is_dir() and not child.name.startswith("."):
-            sources.append(read_model_source(child))
-    return sources
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        if not is_valid_model_name(child.name):
+            log.warning("skipping folder %r in the model repository: not a valid model name", child.name)
+            continue
+        folders.append(child)
+    return folders
+
+
+def scan_repository(repository: Path, strict: bool = False) -> list[ModelSource]:
+    """Every model folder in a repository, sorted by name (hidden folders skipped)."""
+    return [read_model_source(child, strict) for child in model_folders(repository)]

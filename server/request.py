@@ -65,6 +65,7 @@ class InferRequest:
         "sink",
         "timeout_us",
         "trace",
+        "version_named",
         "waiter",
     )
 
@@ -100,3 +101,4 @@ class InferRequest:
         self.compute_end_ns = 0
         self.trace: Any = None
         self.waiter: Any = None  # the transport's future/event for this request
+        self.version_named = False  # the client named a version (else "latest", which a rollout may move)

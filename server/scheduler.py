@@ -33,7 +33,7 @@ import numpy.typing as npt
 from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines import EngineError, EngineInstance
 
-from .errors import DeadlineExceededError, InternalError, QueueFullError, UnavailableError
+from .errors import DeadlineExceededError, InternalError, QueueFullError, RetiredError, UnavailableError
 from .request import InferRequest
 from .statistics import ModelStatistics
 from .telemetry import tracing as _tracing
@@ -151,14 +151,46 @@ class Scheduler:
             self._threads.append(thread)
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Refuse new requests, let queued and running ones finish, stop the workers."""
+        """Refuse new requests, let queued and running ones finish, stop the workers.
+
+        After `timeout` seconds the requests still queued fail with UNAVAILABLE; a batch
+        already running finishes (an engine run cannot be interrupted) and keeps its instance.
+        """
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
-        for instance in self._instances:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._fail_queued(timeout)
+        for index, instance in enumerate(self._instances):
+            if index < len(self._threads) and self._threads[index].is_alive():
+                log.warning("model %s version %s: instance %d is still running a batch after %s s; "
+                            "it is released when the batch ends", self._model.name, self._model.version,
+                            index, timeout)
+                continue
             instance.close()
+
+    def _fail_queued(self, timeout: float | None) -> None:
+        """Fail what is still queued once the unload's wait is over."""
+        with self._cond:
+            left = [r for queue in self._queues() for r in queue]
+            for level in self._levels:
+                level.items.clear()
+            self._delayed.clear()
+            self._pending -= len(left)
+            self._with_deadline = 0
+        if not left:
+            return
+        for r in left:
+            r.error = UnavailableError(
+                f"model '{self._model.name}' version {self._model.version} was unloaded before this request "
+                f"ran (in-flight requests were given {timeout or 0:g} s to finish); retry"
+            )
+        log.warning("model %s version %s: %d queued request(s) failed: unloaded after %s s",
+                    self._model.name, self._model.version, len(left), timeout)
+        self.statistics.record_failures(left, _now(), "OTHER")
+        self._deliver(left)
 
     @property
     def pending(self) -> int:
@@ -188,7 +220,7 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 self.statistics.record_failures([request], _now(), "OTHER")
-                raise UnavailableError(f"model '{self._model.name}' is unloading")
+                raise RetiredError(f"model '{self._model.name}' version {self._model.version} is unloading")
             if level.max_size and len(level.items) >= level.max_size:
                 self.statistics.record_failures([request], _now(), "REJECTED")
                 raise QueueFullError(

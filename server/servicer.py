@@ -262,19 +262,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet"
         )
 
+    # model control: the model-repository group of a restricted-protocol interceptor
+
     @_unary
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        self._plane.repository_model_load(request)
-        return pb.RepositoryModelLoadResponse()
+        loop = asyncio.get_running_loop()  # a load builds engines: never on the event loop
+        return await loop.run_in_executor(None, self._plane.repository_model_load, request)
 
     @_unary
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        self._plane.repository_model_unload(request)
-        return pb.RepositoryModelUnloadResponse()
+        loop = asyncio.get_running_loop()  # waits for in-flight requests
+        return await loop.run_in_executor(None, self._plane.repository_model_unload, request)
 
     @_unary
     async def SystemSharedMemoryStatus(

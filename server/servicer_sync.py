@@ -92,7 +92,7 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self._call(context, self._plane.model_statistics, request.name, request.version)  # type: ignore[no-any-return]
 
     def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        return self._plane.repository_index(request.ready)
+        return self._call(context, self._plane.repository_index, request.ready)  # type: ignore[no-any-return]
 
     def _submit(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext, sink: Any, waiter: Any = None
@@ -175,14 +175,12 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        self._call(context, self._plane.repository_model_load, request)
-        return pb.RepositoryModelLoadResponse()
+        return self._call(context, self._plane.repository_model_load, request)  # type: ignore[no-any-return]
 
     def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        self._call(context, self._plane.repository_model_unload, request)
-        return pb.RepositoryModelUnloadResponse()
+        return self._call(context, self._plane.repository_model_unload, request)  # type: ignore[no-any-return]
 
     def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest, context: Any

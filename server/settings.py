@@ -53,6 +53,13 @@ class ServerSettings:
         security: TLS, restricted groups, bearer tokens, metrics TLS (server.security).
         max_connection_age_secs: close each client connection (GOAWAY, in-flight calls finish) after
             this long, so clients balancing over DNS re-resolve and reach replicas added since; 0 = never.
+        model_control_mode: none | poll | explicit (Triton's --model-control-mode).
+        load_models: explicit mode: the models loaded at start ("*": all; --load-model).
+        repository_poll_secs: poll mode: seconds between repository scans.
+        strict_model_config: config fields without effect fail the load instead of warning.
+        model_unload_timeout_secs: how long an unloading or replaced version's in-flight requests
+            (queued ones included) may take before the rest fail with UNAVAILABLE.
+        model_load_max_bytes: the most file-override bytes one RepositoryModelLoad may carry.
     """
 
     model_repository: Path | None = None
@@ -74,12 +81,18 @@ class ServerSettings:
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     allow_client_shm: bool = False
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    max_connection_age_secs: float = 0.0
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()
+    repository_poll_secs: float = 15.0
+    strict_model_config: bool = False
+    model_unload_timeout_secs: float = 30.0
+    model_load_max_bytes: int = 1 << 30
 
     @property
     def resolved_http_address(self) -> str:
         return self.http_address or self.grpc_address
-    security: SecuritySettings = field(default_factory=SecuritySettings)
-    max_connection_age_secs: float = 0.0
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .model import ModelVersion, TensorInfo
     from .shm import SharedMemoryRegions
 
-__all__ = ["TRITON_ACCEPTED_PARAMETERS", "decode_request", "encode_response"]
+__all__ = ["TRITON_ACCEPTED_PARAMETERS", "decode_request", "encode_response", "repository_parameters"]
 
 # `triton_`-prefixed request parameters Triton accepts; any other such key is reserved
 TRITON_ACCEPTED_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
@@ -276,3 +276,14 @@ def encode_response(request: InferRequest, shm: SharedMemoryRegions | None = Non
         outputs=tensors,
         raw_output_contents=raws,
     )
+
+
+def repository_parameters(request: Any) -> dict[str, object]:
+    """A RepositoryModelLoad/Unload request's parameters as plain values (its oneof's chosen field)."""
+    out: dict[str, object] = {}
+    for key, param in request.parameters.items():
+        which = param.WhichOneof("parameter_choice")
+        if which is None:
+            raise InvalidArgumentError(f"repository parameter {key[:120]!r} has no value")
+        out[key] = getattr(param, which)
+    return out

@@ -162,13 +162,15 @@ class _Routes:
     async def model_load(self, request: web.Request) -> web.Response:
         message = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
         await self._repository_parameters(request, message.parameters)
-        self._plane.repository_model_load(message)
+        # blocks (a load builds engines, an unload waits for in-flight requests): never on the event loop
+        await asyncio.get_running_loop().run_in_executor(None, self._plane.repository_model_load, message)
         return web.Response(status=200)
 
     async def model_unload(self, request: web.Request) -> web.Response:
         message = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
         await self._repository_parameters(request, message.parameters)
-        self._plane.repository_model_unload(message)
+        # blocks (a load builds engines, an unload waits for in-flight requests): never on the event loop
+        await asyncio.get_running_loop().run_in_executor(None, self._plane.repository_model_unload, message)
         return web.Response(status=200)
 
     # ---- inference ---------------------------------------------------------------------

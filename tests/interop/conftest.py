@@ -83,8 +83,10 @@ def interop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def interop_server(interop_env: InteropEnv, interop_repository: Path) -> Iterator[InteropServer]:
-    # client shared memory on: test_shared_memory drives the extension with tritonclient and perf_analyzer
+    # client shared memory on (test_shared_memory drives the extension with tritonclient and perf_analyzer);
+    # explicit mode with every model loaded at start: the same models serve, and load_model (the
+    # model_repository extension's probe) reloads one, as Triton does
     http_port = free_port()
-    with serve_subprocess(interop_repository, "--http-port", str(http_port), "--allow-client-shm", "true") \
-            as (proc, port):
+    with serve_subprocess(interop_repository, "--http-port", str(http_port), "--allow-client-shm", "true",
+                          "--model-control-mode", "explicit", "--load-model", "*") as (proc, port):
         yield InteropServer(proc, port, http_port)

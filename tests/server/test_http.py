@@ -259,16 +259,32 @@ def test_repository_index(http: httpx.Client) -> None:
     assert http.post("/v2/repository/index", json={"ready": "yes"}).status_code == 400
 
 
-def test_load_and_unload_answer_501_like_the_grpc_rpcs(http: httpx.Client, server: RunningServer) -> None:
+def test_load_and_unload_in_mode_none_answer_like_the_grpc_rpcs(http: httpx.Client, server: RunningServer) -> None:
+    """Mode none (the default): refused as Triton refuses them, over both protocols."""
     for verb in ("load", "unload"):
         r = http.post(f"/v2/repository/models/simple/{verb}", json={"parameters": {}})
-        assert r.status_code == 501 and "model control" in r.json()["error"]
+        assert r.status_code == 503 and "not allowed" in r.json()["error"]
     r = http.post("/v2/repository/models/simple/load", json={"parameters": {"file:1/model.onnx": "%%%"}})
     assert r.status_code == 400 and "base64" in r.json()["error"]
     stub = pb_grpc.GRPCInferenceServiceStub(server.channel())
     with pytest.raises(grpc.RpcError) as info:
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "model control" in (info.value.details() or "")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "not allowed" in (info.value.details() or "")
+
+
+def test_load_and_unload_over_rest_in_explicit_mode(test_repository: Path) -> None:
+    handle = RunningServer(test_repository, model_control_mode="explicit", load_models=("simple",)).start()
+    try:
+        with httpx.Client(base_url=handle.http_url, timeout=60) as client:
+            assert client.get("/v2/models/simple/ready").status_code == 200
+            assert client.post("/v2/repository/models/simple/unload", json={}).status_code == 200
+            assert client.get("/v2/models/simple/ready").status_code == 400
+            assert client.post("/v2/repository/models/simple/load", json={}).status_code == 200
+            assert client.get("/v2/models/simple/ready").status_code == 200
+            bad = client.post("/v2/repository/models/..%2Fetc/load", json={})
+            assert bad.status_code in (400, 404)
+    finally:
+        handle.stop()
 
 
 def test_shared_memory_routes_when_regions_are_off(http: httpx.Client) -> None:

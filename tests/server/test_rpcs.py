@@ -130,7 +130,6 @@ def test_stream_with_triton_grpc_error_header_ends_with_status(server: RunningSe
 @pytest.mark.parametrize(
     ("rpc", "request_message", "feature"),
     [
-        ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="simple"), "model control"),
         ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(), "CUDA shared-memory"),
     ],
 )
