@@ -42,6 +42,7 @@ __all__ = [
     "build_artifact",
     "model_digest",
     "model_inputs",
+    "synthetic_feeds",
 ]
 
 log = logging.getLogger("tensorgate.engines.precision")
@@ -153,7 +154,7 @@ def model_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype[Any], tuple
     return out
 
 
-def _synthetic_feeds(inputs: Sequence[tuple[str, np.dtype[Any], tuple[int, ...]]], batching: bool) -> list[Feed]:
+def synthetic_feeds(inputs: Sequence[tuple[str, np.dtype[Any], tuple[int, ...]]], batching: bool) -> list[Feed]:
     """Standard-normal batches for an all-float model with known dims; else none (gate unchecked)."""
     if not inputs:
         return []
@@ -257,7 +258,7 @@ def _measure(
         if spec.needs_calibration:
             return measure_accuracy(model_path, artifact, calibration.holdout, batching, "holdout")
         return measure_accuracy(model_path, artifact, calibration.all_feeds(), batching, "calibration")
-    feeds = _synthetic_feeds(inputs, batching)
+    feeds = synthetic_feeds(inputs, batching)
     if feeds:
         return measure_accuracy(model_path, artifact, feeds, batching, "synthetic")
     log.warning(

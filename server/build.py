@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,17 @@ def _row(name: str, version: int, prepared: Prepared, seconds: float) -> BuildRo
     keys = ",".join(e.key[:12] for e in prepared.engines) or artifact.key[:12]
     return BuildRow(name, str(version), artifact.spec.label, device, seconds, accuracy,
                     "hit" if prepared.cache_hit else "built", keys)
+
+
+def _stored(prepared: Prepared, cache_dir: Path | None) -> bool:
+    """Whether what was prepared lies in the cache folder (not in a scratch folder that goes at exit)."""
+    if cache_dir is None:
+        return True
+    files = [e.path for e in prepared.engines]
+    if prepared.artifact.spec.precision != "FP32":
+        files.append(prepared.artifact.path)
+    root = Path(cache_dir).resolve()
+    return all(f.resolve().is_relative_to(root) for f in files)
 
 
 def build_repository(
@@ -123,6 +134,9 @@ def _build_source(source: ModelSource, settings: EngineSettings, progress: Any |
         try:
             prepared = prepare(source.name, version, model_file, source.config, settings, steps)
             row = _row(source.name, version, prepared, time.monotonic() - start)
+            if not _stored(prepared, settings.engine_cache_dir):
+                row = replace(row, error=f"built, but the engine cache {settings.engine_cache_dir} could not "
+                              "store it (the warning above says why): a server would build it again")
         except Exception as exc:  # report every model; the exit status says something failed
             log.debug("build of %s v%d failed", source.name, version, exc_info=True)
             row = BuildRow(source.name, str(version), seconds=time.monotonic() - start,
