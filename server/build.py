@@ -57,8 +57,11 @@ def _row(name: str, version: int, prepared: Prepared, seconds: float) -> BuildRo
     else:
         device = prepared.engines[0].device if prepared.engines else "cpu (not cached)"
     keys = ",".join(e.key[:12] for e in prepared.engines) or artifact.key[:12]
-    return BuildRow(name, str(version), artifact.spec.label, device, seconds, accuracy,
-                    "hit" if prepared.cache_hit else "built", keys)
+    if not prepared.engines and artifact.spec.precision == "FP32":
+        cache = "not needed"  # loaded as it is: nothing built, nothing cached
+    else:
+        cache = "hit" if prepared.cache_hit else "built"
+    return BuildRow(name, str(version), artifact.spec.label, device, seconds, accuracy, cache, keys)
 
 
 def _stored(prepared: Prepared, cache_dir: Path | None) -> bool:

@@ -202,3 +202,18 @@ def test_a_full_cache_disk_never_makes_a_model_unavailable(tmp_path: Path) -> No
     log = "".join(lines)
     assert f"engine cache {cache} could not take" in log, log
     assert "built it in the scratch folder" in log
+
+
+def test_build_into_a_read_only_cache_fails_saying_why(tmp_path: Path) -> None:
+    needs_mount_namespace()
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    cache.mkdir()
+    mlp_repository_model(repo, "half", precision_config("FP16"))
+    mlp_repository_model(repo, "plain", FP32, calibration=False)
+    cmd = [sys.executable, "-m", "server", "build", "--model-repository", str(repo), "--engine-cache-dir", str(cache)]
+    done = subprocess.run(under([read_only(cache)], cmd), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**_clean_env(tmp_path), "COLUMNS": "200"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"FAILED half version 1: built, but the engine cache {cache} could not store it" in done.stdout
+    assert "1 ready (0 from the cache), 1 failed" in done.stdout  # plain FP32 needs nothing stored
+    assert list(cache.iterdir()) == []
