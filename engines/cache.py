@@ -31,7 +31,6 @@ processes are removed when the cache is opened.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -56,7 +55,16 @@ from .cache_entry import (
     check_entry,
     file_sha256,
 )
-from .cache_fs import abandoned, free_bytes, probe_writable, scratch_root, tmp_name
+from .cache_fs import (
+    abandoned,
+    flock_file,
+    free_bytes,
+    fsync_dir,
+    probe_writable,
+    scratch_root,
+    tmp_name,
+    tree_size,
+)
 
 __all__ = ["DEFAULT_MAX_BYTES", "FORMAT", "MANIFEST", "STATS", "CacheEntry", "CacheStats", "EngineCache", "cache_key",
            "file_sha256"]
@@ -66,18 +74,6 @@ log = logging.getLogger("tensorgate.engines.cache")
 DEFAULT_MAX_BYTES = 20 * 2**30
 _USED = ".used"
 _MIN_AGE_SECONDS = 60.0  # an entry used this recently may be in use by a build in progress: never evicted
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tree_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 class _BuildFailedHere(Exception):
@@ -163,21 +159,8 @@ class EngineCache:
                 if held:
                     local.release()
             return
-        locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with flock_file(self.root / ".locks" / f"{name}.lock", blocking) as held:
+            yield held
 
     # ---- lookups and builds ----------------------------------------------------
 
@@ -348,13 +331,13 @@ class EngineCache:
                 fh.flush()
                 os.fsync(fh.fileno())
             (tmp / _USED).touch()
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             final = self.entry_path(namespace, key)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # a bad entry we hold the lock for
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             # Whether the folder or the build is at fault cannot be told from every library's error (ONNX
@@ -382,7 +365,7 @@ class EngineCache:
                 used = entry / _USED
                 try:
                     last = used.stat().st_mtime if used.exists() else entry.stat().st_mtime
-                    out.append((entry, _tree_size(entry), last))
+                    out.append((entry, tree_size(entry), last))
                 except OSError:
                     continue  # removed under us
         return sorted(out, key=lambda e: e[2])

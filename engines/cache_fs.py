@@ -17,14 +17,20 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["WRITE_ERRNOS", "abandoned", "free_bytes", "probe_writable", "scratch_root", "tmp_name", "write_errno"]
+__all__ = [
+    "abandoned",
+    "flock_file",
+    "free_bytes",
+    "fsync_dir",
+    "probe_writable",
+    "scratch_root",
+    "tmp_name",
+    "tree_size",
+]
 
-# errors that say "this filesystem will not take the write", not "the build is wrong"
-WRITE_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EIO}
-)
 _SCRATCH_BASES = (None, "/dev/shm")  # None: tempfile's choice ($TMPDIR, /tmp, ...)
 _scratch: Path | None = None
 
@@ -42,18 +48,6 @@ def probe_writable(root: Path) -> OSError | None:
         os.unlink(name)
     except OSError as exc:
         return exc
-    return None
-
-
-def write_errno(exc: BaseException) -> int | None:
-    """The errno of the first filesystem write error in ``exc``'s chain (cause and context), if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in WRITE_ERRNOS:
-            return current.errno
-        current = current.__cause__ or current.__context__
     return None
 
 
@@ -124,3 +118,34 @@ def abandoned(tmp: Path, locks: Path) -> bool:
     finally:
         os.close(fd)  # closing releases the lock
     return True
+
+
+@contextlib.contextmanager
+def flock_file(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created, with its folder); yields False when taken and not blocking."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
