@@ -234,12 +234,11 @@ class EngineCache:
         self.open()
         log.warning("engine cache entry %s/%s fails its check (%s): dropping it, it will be rebuilt",
                     namespace, key[:12], reason)
+        with self._state:  # skipped from now on, whether or not it can be removed
+            self._distrusted.add((namespace, key))
         if self.writable:
-            with self.lock(f"{namespace}-{key}"):
+            with contextlib.suppress(OSError), self.lock(f"{namespace}-{key}"):
                 shutil.rmtree(self.entry_path(namespace, key), ignore_errors=True)
-        else:
-            with self._state:
-                self._distrusted.add((namespace, key))
         if self._scratch is not None:
             with self._scratch.lock(f"{namespace}-{key}"):
                 shutil.rmtree(self._scratch.entry_path(namespace, key), ignore_errors=True)
@@ -347,6 +346,8 @@ class EngineCache:
                 raise _BuildFailedHere(exc) from exc
             raise
         STATS.add(build_seconds=seconds)
+        with self._state:  # this entry is our own build: trusted again
+            self._distrusted.discard((namespace, key))
         return CacheEntry(key, final, manifest)
 
     # ---- eviction ----------------------------------------------------------------

@@ -124,6 +124,9 @@ def test_a_tampered_entry_is_caught_at_load_and_rebuilt(tmp_path: Path, caplog: 
     assert not hit and STATS.snapshot()["check_failures"] == failures + 2
     assert caplog.text.count("fails its check") == 2  # the artifact and the engine built from it, both dropped
     np.testing.assert_array_equal(out, good)
+    hit, out, source = load()  # the rebuilt entries are trusted again: a checked hit
+    assert hit and source == "load-check"
+    np.testing.assert_array_equal(out, good)
 
 
 @contextmanager
