@@ -220,3 +220,17 @@ def test_build_into_a_read_only_cache_fails_saying_why(tmp_path: Path) -> None:
     assert f"FAILED half version 1: built, but the engine cache {cache} could not store it" in done.stdout
     assert "1 ready (0 from the cache), 1 failed" in done.stdout  # plain FP32 needs nothing stored
     assert list(cache.iterdir()) == []
+
+
+def test_a_user_without_a_home_gets_a_cache_in_the_temp_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from server.settings import default_cache_dir
+
+    def no_home(cls: type[Path]) -> Path:  # what Path.home() does for a uid with no $HOME and no passwd entry
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("TENSORGATE_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    assert default_cache_dir() == Path(tempfile.gettempdir()) / f"tensorgate-{os.getuid()}"
