@@ -215,6 +215,10 @@ class EngineCache:
                 if entry is not None:
                     STATS.add(hits=1)
                     return entry, True
+                kept = self._scratch.lookup(namespace, key) if self._scratch is not None else None
+                if kept is not None:  # built there earlier in this process: the cache could not take it then
+                    STATS.add(hits=1)
+                    return kept, True
                 STATS.add(misses=1)
                 entry = self._build(namespace, key, fields, build)
         except _BuildFailedHere as failed:

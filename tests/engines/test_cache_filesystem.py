@@ -81,10 +81,12 @@ def test_a_full_disk_degrades_to_the_scratch_folder(tmp_path: Path) -> None:
     needs_mount_namespace()
     root = tmp_path / "cache"
     root.mkdir()
-    out, log = _child([full_disk(root, "16k")], root, [("big", 256 * 1024), ("small", 100), ("big2", 256 * 1024)])
+    builds = [("big", 256 * 1024), ("small", 100), ("big2", 256 * 1024), ("big", 1)]
+    out, log = _child([full_disk(root, "16k")], root, builds)
     assert out["writable"] is True
-    big, small, big2 = out["results"]  # type: ignore[misc]
+    big, small, big2, big_again = out["results"]  # type: ignore[misc]
     assert big == [False, False, 256 * 1024] and big2 == [False, False, 256 * 1024]
+    assert big_again == [True, False, 256 * 1024]  # found in the scratch folder: not built (twice) again
     assert small == [False, True, 100]  # the cache still takes what fits
     assert log.count("WARNING engine cache") == 1, log  # one warning; the next such build is logged at INFO
     assert "could not take ns/" in log and "No space left on device" in log
