@@ -11,14 +11,14 @@ from pathlib import Path
 
 from fs_conditions import full_disk, needs_mount_namespace, read_only, snapshot, under
 
-from engines.cache import EngineCache, cache_key
+from tensorgate.engines.cache import EngineCache, cache_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _CHILD = """
 import json, logging, sys
 from pathlib import Path
-from engines.cache import EngineCache, cache_key
+from tensorgate.engines.cache import EngineCache, cache_key
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 root = Path(sys.argv[1])
 calls = []
@@ -96,7 +96,7 @@ def test_a_full_disk_degrades_to_the_scratch_folder(tmp_path: Path) -> None:
 _BUILDER = """
 import sys, time
 from pathlib import Path
-from engines.cache import EngineCache, cache_key
+from tensorgate.engines.cache import EngineCache, cache_key
 root, name = Path(sys.argv[1]), sys.argv[2]
 fields = {"model": name}
 def build(folder):

@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
 from engine_models import mlp_repository_model, precision_config
 from fs_conditions import full_disk, needs_mount_namespace, read_only, snapshot, under
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from clients.pb import model_config_pb2 as mc
-from engines.cache import STATS, file_sha256
-from server.engine_factory import EngineSettings, create_engine
 from support import REPO_ROOT, free_port, running_server
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines.cache import STATS, file_sha256
+from tensorgate.server.engine_factory import EngineSettings, create_engine
 
 FP32 = "max_batch_size: 16\ninstance_group [ { kind: KIND_CPU count: 1 } ]\n"
 
@@ -133,7 +133,7 @@ def test_a_tampered_entry_is_caught_at_load_and_rebuilt(tmp_path: Path, caplog: 
 def _server(mounts: list[str], repo: Path, env: dict[str, str], *extra: str) -> Iterator[tuple[list[str], int]]:
     """`tensorgate serve` in a private mount namespace; yields (log lines so far, port) once it serves."""
     port = free_port()
-    cmd = [sys.executable, "-m", "server", "serve", "--grpc-port", str(port), "--model-repository", str(repo),
+    cmd = [sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", str(port), "--model-repository", str(repo),
            "--metrics-port", "0", *extra]
     proc = subprocess.Popen(under(mounts, cmd), cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -171,7 +171,7 @@ def test_a_read_only_default_cache_serves_warm_and_cold_models(tmp_path: Path) -
     mlp_repository_model(repo, "cold", precision_config("FP16"))
     mlp_repository_model(repo, "plain", FP32, calibration=False)
     env = _clean_env(home)
-    built = subprocess.run([sys.executable, "-m", "server", "build", "--model-repository", str(repo), "--model",
+    built = subprocess.run([sys.executable, "-m", "tensorgate.server", "build", "--model-repository", str(repo), "--model",
                             "warm"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     cache = home / ".cache" / "tensorgate" / "engines"  # the default location
@@ -213,7 +213,7 @@ def test_build_into_a_read_only_cache_fails_saying_why(tmp_path: Path) -> None:
     cache.mkdir()
     mlp_repository_model(repo, "half", precision_config("FP16"))
     mlp_repository_model(repo, "plain", FP32, calibration=False)
-    cmd = [sys.executable, "-m", "server", "build", "--model-repository", str(repo), "--engine-cache-dir", str(cache)]
+    cmd = [sys.executable, "-m", "tensorgate.server", "build", "--model-repository", str(repo), "--engine-cache-dir", str(cache)]
     done = subprocess.run(under([read_only(cache)], cmd), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env={**_clean_env(tmp_path), "COLUMNS": "200"})
     assert done.returncode == 1, done.stdout + done.stderr
@@ -225,7 +225,7 @@ def test_build_into_a_read_only_cache_fails_saying_why(tmp_path: Path) -> None:
 def test_a_user_without_a_home_gets_a_cache_in_the_temp_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from server.settings import default_cache_dir
+    from tensorgate.server.settings import default_cache_dir
 
     def no_home(cls: type[Path]) -> Path:  # what Path.home() does for a uid with no $HOME and no passwd entry
         raise RuntimeError("Could not determine home directory.")
