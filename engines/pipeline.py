@@ -6,7 +6,9 @@
 The ONNX Runtime engine is the optimized graph (``optimized_model_filepath``) of
 the artifact; it is loaded with graph optimisations off, so a warm start skips
 conversion, calibration and optimisation. The TensorRT plan takes the same
-artifact (engines/tensorrt/builder.py).
+artifact (engines/tensorrt/builder.py). ``prepare_checked`` runs what came from
+the cache against fp32 before it serves (engines/load_check.py) and rebuilds
+what fails.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 from .accuracy import AccuracyReport, AccuracyThresholds, check_gate
 from .base import EngineLoadError
-from .cache import CacheEntry, EngineCache, cache_key
+from .cache import STATS, CacheEntry, EngineCache, cache_key
 from .devices import cpu_fingerprint, fingerprint_id
+from .load_check import load_check
 from .onnxruntime_engine import OrtOptions
 from .precision import ARTIFACT_FILE, PrecisionSpec, artifact_fields, build_artifact, model_digest
 
@@ -32,6 +35,7 @@ __all__ = [
     "EngineResult",
     "ort_engine_fields",
     "prepare_artifact",
+    "prepare_checked",
     "prepare_ort_engine",
 ]
 
@@ -133,6 +137,58 @@ def prepare_artifact(
 def _report(entry: CacheEntry) -> AccuracyReport | None:
     data = entry.metadata.get("accuracy")
     return AccuracyReport.from_dict(data) if isinstance(data, dict) else None
+
+
+def prepare_checked(
+    cache: EngineCache,
+    model_path: Path,
+    spec: PrecisionSpec,
+    thresholds: AccuracyThresholds,
+    batching: bool | None,
+    engine: Callable[[ArtifactResult], EngineResult] | None = None,
+    progress: Progress | None = None,
+) -> tuple[ArtifactResult, EngineResult | None]:
+    """The artifact (and, with ``engine``, its engine), checked against fp32 at load when taken from the cache.
+
+    A cached entry's manifest proves its bytes are the ones it lists, not that they are good; so what came
+    from the cache runs on a few held-back samples first (engines/load_check.py). Missing the gate drops the
+    entries involved and builds them again, and the artifact's figures become the ones measured now.
+
+    Args:
+        cache: the engine cache.
+        model_path: the fp32 model.onnx.
+        spec: the precision asked for.
+        thresholds: the model's accuracy gate.
+        batching: the model batches along axis 0 (None: inferred).
+        engine: builds or finds the engine for an artifact (the ONNX Runtime graph); None checks the artifact.
+        progress: told each step's name.
+
+    Returns:
+        (artifact, engine or None).
+
+    Raises:
+        AccuracyGateError: the (rebuilt) artifact misses the gate.
+        EngineLoadError: building failed.
+    """
+    artifact = prepare_artifact(cache, model_path, spec, thresholds, batching, progress)
+    built = engine(artifact) if engine is not None else None
+    cached = (artifact.cache_hit and spec.precision != "FP32") or (built is not None and built.cache_hit)
+    if not cached:  # everything was built and measured just now
+        return artifact, built
+    if progress:
+        progress("checking the cached entry against fp32")
+    target = built.path if built is not None else artifact.path
+    check = load_check(model_path, target, spec.precision, thresholds, batching)
+    if check.passed:
+        return (replace(artifact, accuracy=check.report) if check.report else artifact), built
+    STATS.add(check_failures=1)
+    reason = f"on held-back samples now: {check.failure}"
+    if artifact.cache_hit and spec.precision != "FP32":
+        cache.discard(ARTIFACTS, artifact.key, reason)
+    if built is not None:  # even one built just now: it was built from the failing artifact
+        cache.discard(built.device, built.key, reason)
+    artifact = prepare_artifact(cache, model_path, spec, thresholds, batching, progress)
+    return artifact, (engine(artifact) if engine is not None else None)
 
 
 def ort_engine_fields(artifact_key: str, graph_level: int, onnxruntime_version: str) -> dict[str, Any]:

@@ -45,6 +45,7 @@ __all__ = [
     "measure_loaded",
     "model_digest",
     "model_inputs",
+    "synthetic_feeds",
 ]
 
 log = logging.getLogger("tensorgate.engines.precision")
@@ -160,7 +161,7 @@ def model_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype[Any], tuple
     return out
 
 
-def _synthetic_feeds(inputs: Sequence[tuple[str, np.dtype[Any], tuple[int, ...]]], batching: bool) -> list[Feed]:
+def synthetic_feeds(inputs: Sequence[tuple[str, np.dtype[Any], tuple[int, ...]]], batching: bool) -> list[Feed]:
     """Standard-normal batches for an all-float model with known dims; else none (gate unchecked)."""
     if not inputs:
         return []
@@ -267,7 +268,7 @@ def _feeds_for(
         if spec.needs_calibration:
             return list(calibration.holdout), "holdout"
         return calibration.all_feeds(), "calibration"
-    return _synthetic_feeds(inputs, batching), "synthetic"
+    return synthetic_feeds(inputs, batching), "synthetic"
 
 
 def gate_feeds(model_path: Path, spec: PrecisionSpec, batching: bool | None) -> tuple[list[Feed], str, bool]:

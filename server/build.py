@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,22 @@ def _row(mv: ModelVersion, seconds: float, warnings: Sequence[str]) -> BuildRow:
     precision = parameters["precision_artifact"].string_value if "precision_artifact" in parameters else ""
     keys = parameters["engine_cache_key"].string_value if "engine_cache_key" in parameters else ""
     keys = ",".join(k[:12] for k in keys.split(",") if k)
-    cache = ("hit" if mv.cache_hit else "built") if keys else "not cached"
+    # FP32 on the CPU is loaded as it is: nothing built, nothing cached
+    cache = ("hit" if mv.cache_hit else "built") if keys else "not needed"
     return BuildRow(mv.name, mv.version_str, precision, mv.engine_kind, seconds, accuracy, cache, keys,
                     warnings=tuple(warnings), warmup_runs=mv.warmup_runs)
+
+
+def _stored(mv: ModelVersion, cache_dir: Path | None) -> bool:
+    """Whether every cache entry the version loaded lies in the cache folder (not in a scratch folder that goes
+    when the process exits, as when the cache is read-only or full)."""
+    parameters = mv.config.parameters
+    keys = parameters["engine_cache_key"].string_value if "engine_cache_key" in parameters else ""
+    if cache_dir is None or not keys:
+        return True
+    root = Path(cache_dir)
+    # the parameter holds each key's first 16 characters; entries live at <cache>/<namespace>/<key>
+    return all(any(path.is_dir() for path in root.glob(f"*/{key}*")) for key in keys.split(",") if key)
 
 
 def build_repository(
@@ -135,6 +148,9 @@ def _build_source(source: ModelSource, settings: EngineSettings, progress: Any |
         try:
             if mv.ready:
                 row = _row(mv, time.monotonic() - start, source.warnings)
+                if not _stored(mv, settings.engine_cache_dir):
+                    row = replace(row, error=f"built, but the engine cache {settings.engine_cache_dir} could not "
+                                  "store it (the warning above says why): a server would build it again")
             else:
                 row = BuildRow(source.name, str(version), seconds=time.monotonic() - start, error=mv.reason,
                                warnings=tuple(source.warnings))

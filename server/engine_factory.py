@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from tensorgate.engines.pipeline import (
     ArtifactResult,
     EngineResult,
     ort_options_for_cached,
-    prepare_artifact,
+    prepare_checked,
     prepare_ort_engine,
 )
 from tensorgate.engines.precision import PrecisionSpec
@@ -192,17 +193,33 @@ def place(config: mc.ModelConfig, probe: GpuProbe | None = None, tensorrt_versio
 
 
 _temp_cache: tempfile.TemporaryDirectory[str] | None = None
+_caches: dict[tuple[Path, int], EngineCache] = {}
+_caches_lock = threading.Lock()
 
 
 def _cache(settings: EngineSettings, needed: bool) -> EngineCache | None:
+    """The process's one cache object per folder (its read-only state and warnings are per process), or None.
+
+    An FP32 model on the CPU needs nothing converted or built: it never touches the cache (no folders, no
+    locks), so a broken or read-only cache cannot stop it.
+    """
     global _temp_cache
-    if settings.engine_cache_dir is not None:
-        return EngineCache(settings.engine_cache_dir, settings.engine_cache_max_bytes)
     if not needed:
         return None
-    if _temp_cache is None:  # removed when the process exits
-        _temp_cache = tempfile.TemporaryDirectory(prefix="tensorgate-engines-")
-    return EngineCache(Path(_temp_cache.name), settings.engine_cache_max_bytes)
+    with _caches_lock:
+        if settings.engine_cache_dir is not None:
+            root = Path(settings.engine_cache_dir)
+        else:
+            if _temp_cache is None:  # removed when the process exits
+                _temp_cache = tempfile.TemporaryDirectory(prefix="tensorgate-engines-")
+            root = Path(_temp_cache.name)
+        cache = _caches.get((root, settings.engine_cache_max_bytes))
+        if cache is None:
+            cache = _caches[(root, settings.engine_cache_max_bytes)] = EngineCache(
+                root, settings.engine_cache_max_bytes
+            )
+    cache.open()  # the writability probe and the sweep of abandoned build folders, once
+    return cache
 
 
 def _input_specs(model_file: Path) -> list[TensorSpec]:
@@ -278,13 +295,15 @@ def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, s
     if cache is None:
         artifact = ArtifactResult(model_file, spec, "fp32", cache_hit=True)
         return Prepared(placement, artifact, [], ort=ort_options(config), seconds=time.monotonic() - start)
-    artifact = prepare_artifact(cache, model_file, spec, thresholds, batching, progress)
-    if placement.device == "gpu":
+    if placement.device == "gpu":  # the artifact is checked on the CPU; the plans are built from it
+        artifact, _ = prepare_checked(cache, model_file, spec, thresholds, batching, None, progress)
         engines, plans, build = _prepare_gpu(cache, artifact, model_file, config, options, placement,
                                              probe_gpus(), progress)
         return Prepared(placement, artifact, engines, plans, build, seconds=time.monotonic() - start)
     ort = ort_options(config)
-    engine = prepare_ort_engine(cache, artifact, ort, progress)
+    artifact, engine = prepare_checked(cache, model_file, spec, thresholds, batching,
+                                       lambda a: prepare_ort_engine(cache, a, ort, progress), progress)
+    assert engine is not None
     return Prepared(placement, artifact, [engine], ort=ort, seconds=time.monotonic() - start)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +17,21 @@ DEFAULT_ENGINE_CACHE_BYTES = 20 * 2**30  # engines.cache.DEFAULT_MAX_BYTES (not 
 
 
 def default_cache_dir() -> Path:
-    """Per-user cache folder: $TENSORGATE_CACHE_DIR, else $XDG_CACHE_HOME/tensorgate, else ~/.cache/tensorgate."""
+    """Per-user cache folder: $TENSORGATE_CACHE_DIR, else $XDG_CACHE_HOME/tensorgate, else ~/.cache/tensorgate.
+
+    A container user with no home (no $HOME, no passwd entry) gets <temp dir>/tensorgate-<uid> instead of a
+    crash; a home that cannot be written is the engine cache's business (it is then read, and builds go to a
+    scratch folder).
+    """
     explicit = os.environ.get("TENSORGATE_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # "Could not determine home directory"
+            return Path(tempfile.gettempdir()) / f"tensorgate-{os.getuid()}"
     return Path(base) / "tensorgate"
 
 

@@ -160,6 +160,14 @@ class _TimingCache:
             return b""
 
     def save(self, config: Any) -> None:
+        """Merge and store the builder's timing cache; a read-only or full cache only costs the next build time."""
+        try:
+            self._save(config)
+        except OSError as exc:
+            log.warning("TensorRT timing cache %s not saved (%s): the next build times its tactics again",
+                        self.path, exc.strerror or exc)
+
+    def _save(self, config: Any) -> None:
         current = config.get_timing_cache()
         if current is None:
             return

@@ -111,6 +111,8 @@ class EngineCacheCollector(Collector):
             ("misses", "Engine cache lookups that had to build"),
             ("corrupt", "Engine cache entries found corrupt or mismatching and rebuilt"),
             ("evictions", "Engine cache entries evicted by the size bound"),
+            ("scratch_builds", "Engine builds kept in a per-process scratch folder: the cache could not take them"),
+            ("check_failures", "Cached entries that missed the accuracy gate when checked at load, then rebuilt"),
         ):
             metric = family(f"tensorgate_engine_cache_{key}_total", doc, "counter")
             metric.add_sample(metric.name, {}, snap[key])
