@@ -88,3 +88,34 @@ def test_rest_row_matches_the_server(server: RunningServer, route: str) -> None:
         assert response.status_code in (404, 501), f"{route} answers {response.status_code}: README says no"
     else:
         assert response.status_code not in (404, 405, 501), f"{route} answers {response.status_code}: {response.text}"
+
+
+def _config_table(kind: str) -> set[str]:
+    """The field paths of the README's config-field table whose header starts with ``kind`` (warning/error)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("### No config field silently ignored", 1)[1].split("\n### ", 1)[0]
+    block = re.search(rf"\n\| {kind} \(.*?\n\|---.*?\n(.*?)(?:\n\n|$)", section, re.S)
+    assert block is not None, f"README has no config {kind} table"
+    paths: set[str] = set()
+    for line in block.group(1).splitlines():
+        cell = line.strip().strip("|").split("|")[0].strip()
+        if m := re.fullmatch(r"`(\w+) \{ (\w+): (\w+) \}`", cell):
+            paths.add(f"{m[1]}.{m[2]}={m[3]}")
+        elif m := re.fullmatch(r"`(\w+)`: (.*)", cell):
+            paths |= {f"{m[1]}.{name}" for name in re.findall(r"`(\w+)`", m[2])}
+        elif m := re.fullmatch(r"`(\w+)`/`(\w+)` (.*)", cell):
+            paths |= {f"{p}.{name}" for p in (m[1], m[2]) for name in re.findall(r"`(\w+)`", m[3])}
+        else:
+            paths |= set(re.findall(r"`([\w.]+)`", cell))
+    return paths
+
+
+def test_config_field_tables_match_the_load_checks() -> None:
+    from tensorgate.clients.pb import model_config_pb2 as mc
+    from tensorgate.server.config_check import ERRORS, IMPLEMENTED, WARNINGS
+
+    assert _config_table("warning") == set(WARNINGS)
+    assert _config_table("error") == set(ERRORS)
+    classified = {p.split(".")[0].split("=")[0] for p in (*IMPLEMENTED, *WARNINGS, *ERRORS)}
+    unclassified = {f.name for f in mc.ModelConfig.DESCRIPTOR.fields} - classified
+    assert not unclassified, f"ModelConfig fields neither implemented nor listed: {sorted(unclassified)}"
