@@ -1,15 +1,19 @@
 """The server's lifecycle: load models, serve gRPC (+ health, reflection), drain and stop.
 
 Order on start: load every model (in a worker thread, so the loop stays free),
-bind, start, mark ready (health SERVING). On stop: mark not ready (health
-NOT_SERVING) so load balancers move away, stop gRPC with a grace period so
-in-flight calls finish, then drain the schedulers.
+bind, start, mark ready (health SERVING). On stop (the drain): mark not ready
+(health NOT_SERVING, ServerReady false) so load balancers move away, refuse new
+inference calls with UNAVAILABLE while every admitted one (queued, batching,
+running, open streams') finishes, up to the exit timeout; only then stop gRPC
+(server.admission says why gRPC's own grace period is not a drain) and the
+schedulers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from .dataplane import DataPlane, server_version
@@ -81,7 +85,17 @@ class InferenceServer:
             return
         await self._publish_health()
         grace = self.settings.exit_timeout_secs if grace is None else grace
-        await self._transport.stop(grace)
+        admission = self.plane.admission
+        started = time.monotonic()
+        log.info("draining: %d admitted inference calls (requests and open streams) to finish", admission.active)
+        drained = await asyncio.get_running_loop().run_in_executor(None, admission.wait_idle, grace)
+        if drained:
+            log.info("drained: every admitted request finished in %.2f s", time.monotonic() - started)
+        else:
+            log.warning("exit timeout (%.0f s) passed with %d inference calls still running; cancelling them",
+                        grace, admission.active)
+        # calls other than inference (health, metadata) get a moment; nothing admitted is left to wait for
+        await self._transport.stop(1.0 if drained else 0.0)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
         self._serving = False

@@ -239,11 +239,26 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
         print(line, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            stop.set()
+            for child in children:  # they drain in parallel with this process
+                child.send_signal(sig)
+            return
+        # a second signal: the operator does not want to wait for the drain
+        log.warning("second %s: exiting now without waiting for in-flight requests", sig.name)
+        for child in children:
+            child.kill()
+        logging.shutdown()
+        os._exit(128 + sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     waiter = asyncio.ensure_future(server.wait())
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.exit_timeout_secs)
+    log.info("shutting down: refusing new requests, finishing admitted ones (up to %.0f s; a second signal "
+             "exits at once)", settings.exit_timeout_secs)
     await server.stop()
     stop_workers(children, settings.exit_timeout_secs)
     waiter.cancel()

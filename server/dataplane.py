@@ -15,6 +15,7 @@ from importlib.metadata import version as _dist_version
 
 from clients.pb import grpc_service_pb2 as pb
 
+from .admission import Admission
 from .errors import InvalidArgumentError, NotFoundError, ServerError
 from .registry import ModelRegistry
 from .request import InferRequest
@@ -51,10 +52,23 @@ class DataPlane:
     ) -> None:
         self.registry = registry
         self.strict_readiness = strict_readiness
-        self.accepting = False  # set by the app: started and not draining
+        # inference calls taken and still running; closed until the app starts, closed again to drain
+        self.admission = Admission()
         self._version = server_version()
         # traces, metrics, TraceSetting/LogSettings (transports reach the tracer through it)
         self.telemetry = telemetry or Telemetry(registry, version=self._version)
+
+    @property
+    def accepting(self) -> bool:
+        """Started and not draining."""
+        return self.admission.open
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        if value:
+            self.admission.reopen()
+        else:
+            self.admission.close()
 
     @property
     def live(self) -> bool:

@@ -19,6 +19,7 @@ import grpc
 from clients.pb import grpc_service_pb2 as pb
 from clients.pb import grpc_service_pb2_grpc as pb_grpc
 
+from .admission import SHUTTING_DOWN
 from .dataplane import DataPlane
 from .errors import (
     CancelledError,
@@ -182,7 +183,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # ---- inference -------------------------------------------------------------------
 
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
-        """Prepare, queue and wait for one request; raises ServerError on failure."""
+        """Admit, prepare, queue and wait for one request; raises ServerError on failure."""
+        with self._plane.admission.admitted():  # UNAVAILABLE once draining; a drain waits for it
+            return await self._run(request, context)
+
+    async def _run(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
         prepared = self._plane.prepare(request, context.time_remaining())
         if self._tracer.active:  # the one check a request pays when tracing is off
             self._tracer.begin(prepared, context.invocation_metadata())
@@ -216,10 +221,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         unless the client sent the header ``triton_grpc_error: true`` (Triton's
         opt-in), which ends the stream with the real status code.
         """
+        try:
+            self._plane.admission.enter()  # a drain waits for the open stream, which ends itself
+        except UnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        try:
+            async for response in self._stream(request_iterator, context):
+                yield response
+        finally:
+            self._plane.admission.leave()
+
+    async def _stream(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         metadata = dict(context.invocation_metadata() or ())
         fail_stream = str(metadata.get("triton_grpc_error", "")).lower() == "true"
         outbox: asyncio.Queue[pb.ModelStreamInferResponse | BaseException | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        draining = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        unsubscribe = self._plane.admission.on_close(lambda: loop.call_soon_threadsafe(draining.set))
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
@@ -242,7 +263,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await asyncio.gather(*list(tasks), return_exceptions=True)
             outbox.put_nowait(None)
 
+        async def drain() -> None:
+            # the server is draining: answer what was admitted, then end the stream (UNAVAILABLE)
+            await draining.wait()
+            reader.cancel()  # requests read from now on would be refused anyway
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            outbox.put_nowait(UnavailableError(SHUTTING_DOWN))
+
         reader = asyncio.ensure_future(read())
+        drainer = asyncio.ensure_future(drain())
         try:
             while True:
                 item = await outbox.get()
@@ -255,6 +285,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield item
             await reader
         finally:
+            unsubscribe()
+            drainer.cancel()
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
