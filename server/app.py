@@ -38,7 +38,9 @@ class InferenceServer:
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
-        self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)
+        self.plane = DataPlane(
+            self.registry, settings.strict_readiness, self.telemetry, settings.max_request_bytes
+        )
         self._transport = make_transport(settings.grpc_flavor, self.plane, settings.grpc_threads)
         self._serving = False
         self.port = 0

@@ -59,6 +59,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "Triton's and protobuf's limit); larger messages are refused by gRPC itself",
     )
     p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=int(_env("MAX_REQUEST_BYTES", str(MAX_MESSAGE_BYTES)) or MAX_MESSAGE_BYTES),
+        help="the most bytes one request's inputs may take once decoded (a BYTES element costs about 41 "
+        "bytes of memory beyond its payload); larger requests are refused with INVALID_ARGUMENT before "
+        f"anything is allocated for them (default {MAX_MESSAGE_BYTES})",
+    )
+    p.add_argument(
         "--grpc-flavor",
         choices=("aio", "thread"),
         default=_env("GRPC_FLAVOR", "aio"),
@@ -198,6 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         max_send_message_bytes=args.grpc_max_message_bytes,
         max_receive_message_bytes=args.grpc_max_message_bytes,
+        max_request_bytes=args.max_request_bytes,
         cache_dir=args.cache_dir,
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,

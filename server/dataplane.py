@@ -19,6 +19,7 @@ from .admission import Admission
 from .errors import InvalidArgumentError, NotFoundError, ServerError
 from .registry import ModelRegistry
 from .request import InferRequest
+from .settings import MAX_MESSAGE_BYTES
 from .telemetry.hub import Telemetry
 from .wire import decode_request
 
@@ -48,9 +49,14 @@ class DataPlane:
     """Answers every implemented RPC from the registry."""
 
     def __init__(
-        self, registry: ModelRegistry, strict_readiness: bool = False, telemetry: Telemetry | None = None
+        self,
+        registry: ModelRegistry,
+        strict_readiness: bool = False,
+        telemetry: Telemetry | None = None,
+        max_request_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.registry = registry
+        self.max_request_bytes = max_request_bytes
         self.strict_readiness = strict_readiness
         # inference calls taken and still running; closed until the app starts, closed again to drain
         self.admission = Admission()
@@ -149,7 +155,7 @@ class DataPlane:
         """
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
-        prepared = decode_request(mv, request, arrival)
+        prepared = decode_request(mv, request, arrival, self.max_request_bytes)
         if time_remaining is not None:
             prepared.deadline_ns = arrival + int(time_remaining * 1e9)
         return prepared

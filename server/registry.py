@@ -9,18 +9,21 @@ NotFoundError or UnavailableError, as Triton answers.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from .engine_factory import EngineSettings
-from .errors import NotFoundError, UnavailableError
+from .errors import InvalidArgumentError, NotFoundError, UnavailableError
 from .model import ModelState, ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
 
 __all__ = ["IndexEntry", "ModelRegistry"]
 
 log = logging.getLogger("tensorgate.registry")
+
+_VERSION = re.compile("[0-9]+")  # ASCII digits only: str.isdigit() and int() take others
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,13 @@ class ModelRegistry:
             return entry.versions[ready[-1]]
         if entry.error and not entry.versions:
             raise UnavailableError(f"model '{name}' is not ready; RepositoryIndex gives the reason")
-        try:
-            number = int(version)
-        except ValueError:
-            raise NotFoundError(f"model '{name}' has no version '{version}'") from None
+        if not _VERSION.fullmatch(version):
+            # int() would take " 1", "+1" and "1_0" as versions; Triton refuses what is not an integer
+            shown = version if len(version) <= 32 else version[:32] + "..."
+            raise InvalidArgumentError(
+                f"model '{name}': invalid version {shown!r}; a version is a decimal integer such as '1'"
+            )
+        number = int(version)
         mv = entry.versions.get(number)
         if mv is None:
             raise NotFoundError(

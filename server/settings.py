@@ -32,6 +32,8 @@ class ServerSettings:
         grpc_address: interface to bind (0.0.0.0 in containers).
         grpc_port: port to bind; 0 picks a free one.
         max_send_message_bytes / max_receive_message_bytes: gRPC message limits.
+        max_request_bytes: the most bytes one request's inputs may take once decoded (BYTES
+            elements cost more in memory than on the wire); checked before allocating.
         cache_dir: where the demo repository (and later engine caches) are built.
         strict_readiness: ServerReady only when every model is ready (Triton's default);
             otherwise a model that failed to load does not make the server unready.
@@ -51,6 +53,7 @@ class ServerSettings:
     grpc_port: int = 8001
     max_send_message_bytes: int = MAX_MESSAGE_BYTES
     max_receive_message_bytes: int = MAX_MESSAGE_BYTES
+    max_request_bytes: int = MAX_MESSAGE_BYTES
     cache_dir: Path | None = None
     strict_readiness: bool = False
     exit_timeout_secs: float = 30.0

@@ -70,7 +70,14 @@ def _bytes_overrun(r: pb.ModelInferRequest) -> None:
 BAD_REQUESTS: dict[str, tuple[pb.ModelInferRequest, grpc.StatusCode, tuple[str, ...]]] = {
     "unknown model": (good_request(model_name="nope"), grpc.StatusCode.NOT_FOUND, ("nope",)),
     "unknown version": (good_request(model_version="7"), grpc.StatusCode.NOT_FOUND, ("simple", "7")),
-    "non-numeric version": (good_request(model_version="latest"), grpc.StatusCode.NOT_FOUND, ("simple",)),
+    # Triton refuses a version string that is not an integer with INVALID_ARG; int() would take these
+    "non-numeric version": (good_request(model_version="latest"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
+    "version with a leading space": (
+        good_request(model_version=" 1"), grpc.StatusCode.INVALID_ARGUMENT, ("simple", "invalid version")
+    ),
+    "version with a sign": (good_request(model_version="+1"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
+    "version with an underscore": (good_request(model_version="1_0"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
+    "version in other digits": (good_request(model_version="\u0661"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
     "model not ready": (good_request(model_name="broken", model_version="1"), grpc.StatusCode.UNAVAILABLE, ("broken",)),
     "model without available versions": (
         good_request(model_name="broken"),
