@@ -21,7 +21,7 @@ from .registry import ModelRegistry
 from .request import InferRequest
 from .settings import MAX_MESSAGE_BYTES
 from .telemetry.hub import Telemetry
-from .wire import decode_request
+from .wire import MalformedMessage, decode_request
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
 
@@ -153,6 +153,8 @@ class DataPlane:
             request: the wire request.
             time_remaining: seconds left of the call's gRPC deadline, if it has one.
         """
+        if isinstance(request, MalformedMessage):  # a stream's message that did not parse
+            raise InvalidArgumentError(request.reason)
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
         prepared = decode_request(mv, request, arrival, self.max_request_bytes)

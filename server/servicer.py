@@ -26,11 +26,13 @@ from .errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
+    QueueFullError,
     ServerError,
     UnavailableError,
     UnimplementedError,
 )
 from .request import InferRequest
+from .telemetry.log_limits import LogSummary
 from .telemetry.logs import failure_trace_id, request_fields
 from .wire import encode_response
 
@@ -48,6 +50,7 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
+_SUMMARY = LogSummary(log)  # unexpected errors and queue-full rejections, summarised per kind
 
 # RPCs owned by later features: each answers UNIMPLEMENTED naming its feature
 UNIMPLEMENTED_FEATURES = {
@@ -80,16 +83,34 @@ def status_for(exc: BaseException, request_id: str = "", trace_id: str = "") -> 
     if isinstance(exc, ServerError) and exc.public:
         for cls, code in _STATUS:
             if isinstance(exc, cls):
+                fields = request_fields(request_id, trace_id, code.name)
+                if isinstance(exc, QueueFullError):  # a flood by nature: the first line, then counts
+                    model = exc.model
+                    _SUMMARY.record(f"queue full {model}", logging.INFO, "%s: %s: %s", about, code.name, exc,
+                                    summary=f"model '{model}' rejected requests: queue full", extra=fields)
+                    return code, str(exc)
                 bad_request = code is grpc.StatusCode.INVALID_ARGUMENT or code is grpc.StatusCode.NOT_FOUND
                 log.log(logging.DEBUG if bad_request else logging.INFO, "%s: %s: %s", about, code.name, exc,
-                        extra=request_fields(request_id, trace_id, code.name))
+                        extra=fields)
                 return code, str(exc)
     fields = request_fields(request_id, trace_id, "INTERNAL")
     if isinstance(exc, ServerError):
         log.error("%s failed: %s", about, exc, extra=fields)
     else:
-        log.error("%s failed unexpectedly", about, exc_info=exc, extra=fields)
+        # a traceback for the first of each kind, then one count per interval, never one per request
+        kind = _unexpected_kind(exc)
+        _SUMMARY.record(kind, logging.ERROR, "%s failed unexpectedly", about, exc_info=exc, extra=fields,
+                        summary=f"requests failed unexpectedly ({kind})")
     return grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+
+
+def _unexpected_kind(exc: BaseException) -> str:
+    """The exception type and where it was raised: a bounded set, unlike messages."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}{where}"
 
 
 _Req = TypeVar("_Req")

@@ -17,9 +17,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
+from .handlers import add_inference_servicer
 
 __all__ = ["AioTransport", "ThreadTransport", "Transport", "make_transport"]
 
@@ -66,7 +66,7 @@ class AioTransport:
         from .servicer import InferenceServicer
 
         server = grpc.aio.server(options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
+        add_inference_servicer(InferenceServicer(self._plane), server, aio=True)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_SERVICES, server)
         port = server.add_insecure_port(address)
@@ -101,7 +101,7 @@ class ThreadTransport:
 
         pool = futures.ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="tg-grpc")
         server = grpc.server(pool, options=options, maximum_concurrent_rpcs=None)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(SyncInferenceServicer(self._plane), server)
+        add_inference_servicer(SyncInferenceServicer(self._plane), server, aio=False)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_SERVICES, server)
         port = server.add_insecure_port(address)

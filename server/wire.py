@@ -24,7 +24,7 @@ from .request import InferRequest, RequestedOutput
 if TYPE_CHECKING:
     from .model import ModelVersion, TensorInfo
 
-__all__ = ["TRITON_ACCEPTED_PARAMETERS", "decode_request", "encode_response"]
+__all__ = ["TRITON_ACCEPTED_PARAMETERS", "MalformedMessage", "decode_request", "encode_response"]
 
 # `triton_`-prefixed request parameters Triton accepts; any other such key is reserved
 TRITON_ACCEPTED_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
@@ -33,6 +33,17 @@ _IGNORED_PARAMETERS = frozenset({"binary_data_output", "headers", "binary_data",
 _MAX_ELEMENTS = 2**48
 # what one decoded BYTES element costs beyond its payload: the object array's pointer and the bytes header
 _BYTES_ELEMENT_COST = 8 + sys.getsizeof(b"")
+
+
+class MalformedMessage:
+    """A request body that is not a valid protobuf message; it carries the identity fields a reply echoes."""
+
+    model_name = ""
+    model_version = ""
+    id = ""
+
+    def __init__(self, message_name: str) -> None:
+        self.reason = f"malformed request: the body is not a valid {message_name} protobuf message"
 
 
 def _bad(model: ModelVersion, message: str) -> InvalidArgumentError:
