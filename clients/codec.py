@@ -184,8 +184,8 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> npt.NDAr
     # every element needs its 4-byte length prefix: check the claim before allocating for it
     if count * 4 > total:
         raise CodecError(
-            f"BYTES tensor claims {count} elements but {total} bytes were sent "
-            f"(each element needs at least its 4-byte length prefix)"
+            f"BYTES tensor of {count} elements runs past the {total}-byte buffer "
+            "(each element needs at least its 4-byte length prefix)"
         )
     out = np.empty(count, dtype=np.object_)
     offset = 0
