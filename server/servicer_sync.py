@@ -180,7 +180,7 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     reading = False
                     continue
                 if item is _DRAIN:  # answer what was admitted, then end the stream (UNAVAILABLE)
-                    draining = reading = False
+                    draining, reading = True, False
                     continue
                 answered += 1
                 if isinstance(item, tuple):
