@@ -136,6 +136,8 @@ def _requested_outputs(model: ModelVersion, request: pb.ModelInferRequest) -> li
                 raise _bad(model, f"output '{out.name}': shared memory is not supported by this server")
             if "classification" in params:
                 k = _int_parameter(model, "classification", params["classification"], signed_ok=True)
+                if k and model.outputs[out.name].datatype == "BYTES":
+                    raise _bad(model, f"output '{out.name}' is BYTES: classification needs a numeric output")
         wanted.append(RequestedOutput(out.name, k))
     return wanted
 
