@@ -49,27 +49,34 @@ def _request() -> pb.ModelInferRequest:
                                 raw_input_contents=[np.ones((1, 4), np.float32).tobytes()])
 
 
-def run_drain(server: ServerProcess, concurrency: int, seconds: float) -> dict[str, Any]:
+def run_drain(server: ServerProcess, concurrency: int, seconds: float, new_connections: bool = False) -> dict[str, Any]:
     signalled = threading.Event()
     at_signal: list[float] = []
     records: list[tuple[float, float, str]] = []  # (sent, answered, code)
     lock = threading.Lock()
     request = _request()
 
+    def one(stub: pb_grpc.GRPCInferenceServiceStub) -> bool:
+        sent = time.monotonic()
+        try:
+            stub.ModelInfer(request, timeout=120)
+            code = "OK"
+        except grpc.RpcError as exc:
+            code = exc.code().name
+        with lock:
+            records.append((sent, time.monotonic(), code))
+        return not signalled.is_set() or code == "OK"
+
     def client() -> None:
+        if new_connections:  # a connection per request: calls can be caught before a handler takes them
+            while True:
+                with grpc.insecure_channel(server.url) as channel:
+                    if not one(pb_grpc.GRPCInferenceServiceStub(channel)):
+                        return
         with grpc.insecure_channel(server.url) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while True:
-                sent = time.monotonic()
-                try:
-                    stub.ModelInfer(request, timeout=120)
-                    code = "OK"
-                except grpc.RpcError as exc:
-                    code = exc.code().name
-                with lock:
-                    records.append((sent, time.monotonic(), code))
-                if signalled.is_set() and code != "OK":
-                    return
+            while one(stub):
+                pass
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
     for t in threads:
@@ -85,11 +92,15 @@ def run_drain(server: ServerProcess, concurrency: int, seconds: float) -> dict[s
     t0 = at_signal[0]
     in_flight = Counter(code for sent, answered, code in records if sent < t0 <= answered)
     after = Counter(code for sent, _, code in records if sent >= t0)
+    late = sorted((round(sent - t0, 3), round(answered - t0, 3), code) for sent, answered, code in records
+                  if sent >= t0 and code not in ("OK", "UNAVAILABLE"))
     return {
         "concurrency": concurrency,
+        "new_connections": new_connections,
         "in_flight_at_sigterm": sum(in_flight.values()),
         "in_flight_outcomes": dict(in_flight),
         "sent_after_sigterm": dict(after),
+        "sent_after_sigterm_not_unavailable": late[:10],  # (sent, answered) seconds after the signal
         "ok_before_sigterm": sum(1 for sent, answered, code in records if answered < t0 and code == "OK"),
         "exit_seconds_after_sigterm": round(exited, 2),
         "exit_code": server.proc.returncode,
@@ -104,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="load before the signal (default 3)")
     p.add_argument("--grpc-flavor", choices=("aio", "thread"), default="aio")
     p.add_argument("--exit-timeout-secs", type=float, default=30.0)
+    p.add_argument("--new-connections", action="store_true", help="each client opens a connection per request")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tg-drain-") as folder:
         server = start_tensorgate(_build(Path(folder)), ["--allow-metrics", "false", "--grpc-flavor",
                                                          args.grpc_flavor, "--exit-timeout-secs",
                                                          str(args.exit_timeout_secs)])
         try:
-            report = run_drain(server, args.concurrency, args.seconds)
+            report = run_drain(server, args.concurrency, args.seconds, args.new_connections)
         finally:
             server.stop()
     print(json.dumps(report, indent=2))

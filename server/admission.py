@@ -16,6 +16,7 @@ Thread-safe: the thread flavour admits from pool threads, grpc.aio from the loop
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -35,6 +36,7 @@ class Admission:
         self._active = 0
         self._listeners: dict[int, Callable[[], object]] = {}
         self._next_listener = 0
+        self.last_refused = 0.0  # monotonic time of the last call refused while draining
 
     @property
     def open(self) -> bool:
@@ -53,6 +55,7 @@ class Admission:
         """Admit one call; raises UnavailableError once the server is draining."""
         with self._cond:
             if not self._open:
+                self.last_refused = time.monotonic()
                 raise UnavailableError(SHUTTING_DOWN)
             self._active += 1
 
@@ -106,3 +109,18 @@ class Admission:
         """Block until no admitted call is left; False when `timeout` seconds passed first."""
         with self._cond:
             return self._cond.wait_for(lambda: self._active == 0, timeout)
+
+    def wait_quiet(self, quiet: float, limit: float) -> None:
+        """Block until no call was refused for `quiet` seconds (at most `limit`).
+
+        Stopping gRPC cancels the calls it has received but not yet handed over; a
+        client that sent one just as the drain ended should get UNAVAILABLE instead.
+        """
+        started = time.monotonic()
+        deadline = started + limit
+        while True:
+            now = time.monotonic()
+            # from the drain's end too: calls a client sent on its last answer are still arriving
+            if now - max(self.last_refused, started) >= quiet or now >= deadline:
+                return
+            time.sleep(min(quiet, deadline - now))

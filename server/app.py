@@ -19,6 +19,7 @@ from pathlib import Path
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .registry import ModelRegistry
+from .servicer import flush_log_summaries
 from .settings import ServerSettings
 from .telemetry.hub import Telemetry
 from .transport import make_transport
@@ -96,8 +97,11 @@ class InferenceServer:
         else:
             log.warning("exit timeout (%.0f s) passed with %d inference calls still running; cancelling them",
                         grace, admission.active)
+        if drained:  # late arrivals are refused with UNAVAILABLE until they stop coming (at most 1 s)
+            await asyncio.get_running_loop().run_in_executor(None, admission.wait_quiet, 0.1, 1.0)
         # calls other than inference (health, metadata) get a moment; nothing admitted is left to wait for
         await self._transport.stop(1.0 if drained else 0.0)
+        flush_log_summaries()
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
         self._serving = False

@@ -36,7 +36,13 @@ from .telemetry.log_limits import LogSummary
 from .telemetry.logs import failure_trace_id, request_fields
 from .wire import encode_response
 
-__all__ = ["UNIMPLEMENTED_FEATURES", "InferenceServicer", "status_for", "stream_error_response"]
+__all__ = [
+    "UNIMPLEMENTED_FEATURES",
+    "InferenceServicer",
+    "flush_log_summaries",
+    "status_for",
+    "stream_error_response",
+]
 
 log = logging.getLogger("tensorgate.servicer")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -89,6 +95,10 @@ def status_for(exc: BaseException, request_id: str = "", trace_id: str = "") -> 
                     _SUMMARY.record(f"queue full {model}", logging.INFO, "%s: %s: %s", about, code.name, exc,
                                     summary=f"model '{model}' rejected requests: queue full", extra=fields)
                     return code, str(exc)
+                if str(exc) == SHUTTING_DOWN:  # every call while draining: the first line, then counts
+                    _SUMMARY.record("shutting down", logging.INFO, "%s: %s: %s", about, code.name, exc,
+                                    summary="requests refused while draining", extra=fields)
+                    return code, str(exc)
                 bad_request = code is grpc.StatusCode.INVALID_ARGUMENT or code is grpc.StatusCode.NOT_FOUND
                 log.log(logging.DEBUG if bad_request else logging.INFO, "%s: %s: %s", about, code.name, exc,
                         extra=fields)
@@ -102,6 +112,11 @@ def status_for(exc: BaseException, request_id: str = "", trace_id: str = "") -> 
         _SUMMARY.record(kind, logging.ERROR, "%s failed unexpectedly", about, exc_info=exc, extra=fields,
                         summary=f"requests failed unexpectedly ({kind})")
     return grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+
+
+def flush_log_summaries() -> None:
+    """Log the counts still pending in the summaries (at stop)."""
+    _SUMMARY.flush()
 
 
 def _unexpected_kind(exc: BaseException) -> str:
