@@ -49,7 +49,14 @@ def _request() -> pb.ModelInferRequest:
                                 raw_input_contents=[np.ones((1, 4), np.float32).tobytes()])
 
 
-def run_drain(server: ServerProcess, concurrency: int, seconds: float, new_connections: bool = False) -> dict[str, Any]:
+def _code(error: BaseException | None) -> str:
+    if error is None:
+        return "OK"
+    return error.code().name if isinstance(error, grpc.RpcError) else type(error).__name__
+
+
+def run_drain(server: ServerProcess, concurrency: int, seconds: float, new_connections: bool = False,
+              burst: int = 0) -> dict[str, Any]:
     signalled = threading.Event()
     at_signal: list[float] = []
     records: list[tuple[float, float, str]] = []  # (sent, answered, code)
@@ -82,6 +89,11 @@ def run_drain(server: ServerProcess, concurrency: int, seconds: float, new_conne
     for t in threads:
         t.start()
     time.sleep(seconds)
+    # a burst on a fresh connection just before the signal: gRPC holds these before any handler sees them
+    burst_channel = grpc.insecure_channel(server.url)
+    burst_stub = pb_grpc.GRPCInferenceServiceStub(burst_channel)
+    burst_calls = [burst_stub.ModelInfer.future(request, timeout=120) for _ in range(burst)]
+    time.sleep(0.005)
     at_signal.append(time.monotonic())
     server.proc.send_signal(signal.SIGTERM)
     signalled.set()
@@ -89,6 +101,8 @@ def run_drain(server: ServerProcess, concurrency: int, seconds: float, new_conne
     exited = time.monotonic() - at_signal[0]
     for t in threads:
         t.join(30)
+    burst_codes = Counter(_code(f.exception()) for f in burst_calls)
+    burst_channel.close()
     t0 = at_signal[0]
     in_flight = Counter(code for sent, answered, code in records if sent < t0 <= answered)
     after = Counter(code for sent, _, code in records if sent >= t0)
@@ -99,6 +113,7 @@ def run_drain(server: ServerProcess, concurrency: int, seconds: float, new_conne
         "new_connections": new_connections,
         "in_flight_at_sigterm": sum(in_flight.values()),
         "in_flight_outcomes": dict(in_flight),
+        "burst_5ms_before_sigterm": dict(burst_codes),
         "sent_after_sigterm": dict(after),
         "sent_after_sigterm_not_unavailable": late[:10],  # (sent, answered) seconds after the signal
         "ok_before_sigterm": sum(1 for sent, answered, code in records if answered < t0 and code == "OK"),
@@ -116,17 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-flavor", choices=("aio", "thread"), default="aio")
     p.add_argument("--exit-timeout-secs", type=float, default=30.0)
     p.add_argument("--new-connections", action="store_true", help="each client opens a connection per request")
+    p.add_argument("--burst", type=int, default=16,
+                   help="also send this many requests on a fresh connection 5 ms before the signal (default 16)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tg-drain-") as folder:
         server = start_tensorgate(_build(Path(folder)), ["--allow-metrics", "false", "--grpc-flavor",
                                                          args.grpc_flavor, "--exit-timeout-secs",
                                                          str(args.exit_timeout_secs)])
         try:
-            report = run_drain(server, args.concurrency, args.seconds, args.new_connections)
+            report = run_drain(server, args.concurrency, args.seconds, args.new_connections, args.burst)
         finally:
             server.stop()
     print(json.dumps(report, indent=2))
-    lost = sum(n for code, n in report["in_flight_outcomes"].items() if code not in ("OK", "UNAVAILABLE"))
+    outcomes = {**report["in_flight_outcomes"], **report["burst_5ms_before_sigterm"]}
+    lost = sum(n for code, n in outcomes.items() if code != "OK")
     return 1 if lost else 0
 
 

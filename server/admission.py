@@ -5,10 +5,15 @@ Why this exists: grpc's ``server.stop(grace)`` is not a drain. gRPC core's
 transport but has not yet been handed to a handler (grpc.aio asks core for calls
 one at a time, so under a burst many wait there), and an open stream never ends
 by itself, so it is cancelled when the grace runs out. The server therefore
-drains at the handler level first: once ``close`` is called every new inference
-call or stream is refused with UNAVAILABLE (the client retries elsewhere) while
-the admitted ones run to completion; only when none is left (or the exit
-timeout passes) is gRPC stopped.
+drains at the handler level first, in three steps:
+
+1. ``begin_drain``: the server reports not ready at once, but calls that reach a
+   handler are still admitted until they stop coming for a moment (at most
+   half a second): they are the ones gRPC had already received before the signal.
+2. ``close``: every new inference call or stream is refused with UNAVAILABLE (the
+   client retries elsewhere) while the admitted ones run to completion.
+3. When none is left (or the exit timeout passes) late arrivals are still refused
+   until they stop coming, and only then is gRPC stopped.
 
 Thread-safe: the thread flavour admits from pool threads, grpc.aio from the loop.
 """
@@ -33,7 +38,9 @@ class Admission:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._open = False
+        self.draining = False  # not ready any more; still admitting what gRPC already received
         self._active = 0
+        self.last_arrival = 0.0  # monotonic time of the last call admitted while draining
         self._listeners: dict[int, Callable[[], object]] = {}
         self._next_listener = 0
         self.last_refused = 0.0  # monotonic time of the last call refused while draining
@@ -50,6 +57,13 @@ class Admission:
         """Start admitting (the server is up)."""
         with self._cond:
             self._open = True
+            self.draining = False
+
+    def begin_drain(self) -> None:
+        """Not ready from now on; calls gRPC already holds are still admitted until `close`."""
+        with self._cond:
+            self.draining = True
+            self.last_arrival = time.monotonic()
 
     def enter(self) -> None:
         """Admit one call; raises UnavailableError once the server is draining."""
@@ -57,6 +71,8 @@ class Admission:
             if not self._open:
                 self.last_refused = time.monotonic()
                 raise UnavailableError(SHUTTING_DOWN)
+            if self.draining:
+                self.last_arrival = time.monotonic()
             self._active += 1
 
     def leave(self) -> None:
@@ -100,6 +116,7 @@ class Admission:
         """Refuse new calls from now on and wake the open streams."""
         with self._cond:
             self._open = False
+            self.draining = True
             listeners = list(self._listeners.values())
             self._listeners.clear()
         for callback in listeners:
@@ -110,6 +127,10 @@ class Admission:
         with self._cond:
             return self._cond.wait_for(lambda: self._active == 0, timeout)
 
+    def wait_arrivals_quiet(self, quiet: float, limit: float) -> None:
+        """Block until no call was admitted for `quiet` seconds since `begin_drain` (at most `limit`)."""
+        self._wait_quiet(lambda: self.last_arrival, quiet, limit)
+
     def wait_quiet(self, quiet: float, limit: float) -> None:
         """Block until no call was refused for `quiet` seconds (at most `limit`).
 
@@ -117,10 +138,14 @@ class Admission:
         client that sent one just as the drain ended should get UNAVAILABLE instead.
         """
         started = time.monotonic()
-        deadline = started + limit
+        # from the drain's end too: calls a client sent on its last answer are still arriving
+        self._wait_quiet(lambda: max(self.last_refused, started), quiet, limit)
+
+    @staticmethod
+    def _wait_quiet(last: Callable[[], float], quiet: float, limit: float) -> None:
+        deadline = time.monotonic() + limit
         while True:
             now = time.monotonic()
-            # from the drain's end too: calls a client sent on its last answer are still arriving
-            if now - max(self.last_refused, started) >= quiet or now >= deadline:
+            if now - last() >= quiet or now >= deadline:
                 return
             time.sleep(min(quiet, deadline - now))

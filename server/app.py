@@ -90,15 +90,20 @@ class InferenceServer:
         grace = self.settings.exit_timeout_secs if grace is None else grace
         admission = self.plane.admission
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        # what gRPC received before the signal is still being handed over: admit it until it stops coming
+        await loop.run_in_executor(None, admission.wait_arrivals_quiet, 0.1, min(0.5, grace))
+        admission.close()
         log.info("draining: %d admitted inference calls (requests and open streams) to finish", admission.active)
-        drained = await asyncio.get_running_loop().run_in_executor(None, admission.wait_idle, grace)
+        remaining = max(0.0, grace - (time.monotonic() - started))
+        drained = await loop.run_in_executor(None, admission.wait_idle, remaining)
         if drained:
             log.info("drained: every admitted request finished in %.2f s", time.monotonic() - started)
         else:
             log.warning("exit timeout (%.0f s) passed with %d inference calls still running; cancelling them",
                         grace, admission.active)
         if drained:  # late arrivals are refused with UNAVAILABLE until they stop coming (at most 1 s)
-            await asyncio.get_running_loop().run_in_executor(None, admission.wait_quiet, 0.1, 1.0)
+            await loop.run_in_executor(None, admission.wait_quiet, 0.1, 1.0)
         # calls other than inference (health, metadata) get a moment; nothing admitted is left to wait for
         await self._transport.stop(1.0 if drained else 0.0)
         flush_log_summaries()

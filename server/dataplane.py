@@ -67,14 +67,14 @@ class DataPlane:
     @property
     def accepting(self) -> bool:
         """Started and not draining."""
-        return self.admission.open
+        return self.admission.open and not self.admission.draining
 
     @accepting.setter
     def accepting(self, value: bool) -> None:
         if value:
             self.admission.reopen()
         else:
-            self.admission.close()
+            self.admission.begin_drain()  # not ready; InferenceServer.stop closes admission after
 
     @property
     def live(self) -> bool:

@@ -78,10 +78,12 @@ def test_sigterm_drains_admitted_requests_and_streams(slow_repository: Path, fla
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         time.sleep(0.1)
-        # draining: not ready, health NOT_SERVING, new requests refused with UNAVAILABLE
+        # draining: not ready and health NOT_SERVING at once
         assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # what gRPC had received is handed over for at most 0.5 s; new requests after that get UNAVAILABLE
+        time.sleep(max(0.0, signalled + 0.7 - time.monotonic()))
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(_request(99), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in info.value.details()
