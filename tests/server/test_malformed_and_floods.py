@@ -84,6 +84,14 @@ def test_malformed_bodies_are_invalid_argument_and_quiet(server: RunningServer, 
     with pytest.raises(grpc.RpcError) as info:
         metadata(b"\xff", timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ModelMetadataRequest" in info.value.details()
+    # the services beside inference too: grpc's own parsing answered UNKNOWN (aio) / INTERNAL (thread)
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary("/grpc.health.v1.Health/Check")(b"\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "HealthCheckRequest" in info.value.details()
+    reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    with pytest.raises(grpc.RpcError) as info:
+        list(reflect(iter([b"\xff\xff"]), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # on a stream the bad message gets an error_message and the stream goes on
     stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
     replies = [pb.ModelStreamInferResponse.FromString(r) for r in stream(iter([b"\xff", _good().SerializeToString()]))]
