@@ -2,11 +2,11 @@
 
 Order on start: load every model (in a worker thread, so the loop stays free),
 bind, start, mark ready (health SERVING). On stop (the drain): mark not ready
-(health NOT_SERVING, ServerReady false) so load balancers move away, refuse new
-inference calls with UNAVAILABLE while every admitted one (queued, batching,
-running, open streams') finishes, up to the exit timeout; only then stop gRPC
-(server.admission says why gRPC's own grace period is not a drain) and the
-schedulers.
+(health NOT_SERVING, ServerReady false) so load balancers move away, admit the
+calls gRPC already received, then refuse new inference calls with UNAVAILABLE
+while every admitted one (queued, batching, running, open streams') finishes, up
+to the exit timeout; only then stop gRPC (server.admission says why gRPC's own
+grace period is not a drain) and the schedulers.
 """
 
 from __future__ import annotations
