@@ -1,6 +1,6 @@
 """What a SIGTERM does to requests in flight: a closed-loop load on a slow model, then the signal.
 
-    python -m bench.drain --concurrency 24 --seconds 3 [--grpc-flavor thread]
+    python -m tensorgate.bench.drain --concurrency 24 --seconds 3 [--grpc-flavor thread]
 
 Starts ``tensorgate serve`` on a model that takes a few hundred ms per batch,
 runs `concurrency` clients (each its own connection, one request at a time),
@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .servers import ServerProcess, start_tensorgate
 
@@ -34,7 +34,7 @@ __all__ = ["main", "run_drain"]
 
 
 def _build(folder: Path) -> Path:
-    from server.demo.models import build_slow
+    from tensorgate.server.demo.models import build_slow
 
     build_slow(folder / "slow" / "1" / "model.onnx", size=1024, steps=8)
     (folder / "slow" / "config.pbtxt").write_text(
@@ -124,7 +124,7 @@ def run_drain(server: ServerProcess, concurrency: int, seconds: float, new_conne
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tensorgate.bench.drain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concurrency", type=int, default=24)
     p.add_argument("--seconds", type=float, default=3.0, help="load before the signal (default 3)")

@@ -1,6 +1,6 @@
 """Fuzz a tensorgate server over the wire: valid, mutated and random-bytes ModelInferRequests.
 
-    python -m bench.fuzz --requests 1000000 --processes 3 --json fuzz.json
+    python -m tensorgate.bench.fuzz --requests 1000000 --processes 3 --json fuzz.json
 
 Starts ``tensorgate serve`` on a repository of small models built for the purpose
 (int32 add/sub with batching, BYTES and FP32 identities with variable dims, FP16,
@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from .servers import ServerProcess, start_tensorgate
 
@@ -58,7 +58,7 @@ def build_fuzz_repository(folder: Path) -> Path:
     """The models of MODELS, as ONNX files and config.pbtxt."""
     from onnx import TensorProto
 
-    from server.demo.models import build_add_sub, build_identity
+    from tensorgate.server.demo.models import build_add_sub, build_identity
 
     build_add_sub(folder / "simple" / "1" / "model.onnx")
     (folder / "simple" / "config.pbtxt").write_text("max_batch_size: 8\ndynamic_batching { }\n")
@@ -260,7 +260,7 @@ def _client(url: str, count: int, seed: int, window: int, queue: Any) -> None:
 
 
 def _healthy(url: str) -> bool:
-    from clients.pb import grpc_service_pb2_grpc as pb_grpc
+    from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(url) as channel:
         try:
@@ -321,7 +321,7 @@ def run_fuzz(server: ServerProcess, requests: int, processes: int, seed: int, wi
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tensorgate.bench.fuzz", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=1_000_000, help="how many requests in all (default 1,000,000)")
     p.add_argument("--processes", type=int, default=3, help="client processes (default 3)")

@@ -2,7 +2,7 @@
 
 Valid, structurally generated, mutated and random-bytes requests: only documented status codes come back,
 valid requests succeed, the server keeps serving and its RSS stays bounded. Bounded to well under a minute;
-`python -m bench.fuzz` runs the million-request version.
+`python -m tensorgate.bench.fuzz` runs the million-request version.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from bench.fuzz import DOCUMENTED, INFER, MODELS, RequestFuzzer, build_fuzz_repository
-from clients.pb import grpc_service_pb2 as pb
 from support import serve_subprocess
+from tensorgate.bench.fuzz import DOCUMENTED, INFER, MODELS, RequestFuzzer, build_fuzz_repository
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 MiB = 2**20
 _FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,

@@ -14,13 +14,13 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.pb import grpc_service_pb2 as pb
-from server import servicer as servicer_module
-from server.demo.models import build_add_sub, build_slow
-from server.servicer import status_for
-from server.telemetry.log_limits import LogSummary
-from server.telemetry.metrics import ModelCollector
 from support import RunningServer, running_server
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.server import servicer as servicer_module
+from tensorgate.server.demo.models import build_add_sub, build_slow
+from tensorgate.server.servicer import status_for
+from tensorgate.server.telemetry.log_limits import LogSummary
+from tensorgate.server.telemetry.metrics import ModelCollector
 
 MALFORMED = (b"\xff\xff\xff", b"\x0a\x05ab", b"\x08", b"\x2a\x80", b"\x0a\x02\xc3\x28")  # the last: bad UTF-8
 INFER = "/inference.GRPCInferenceService/ModelInfer"

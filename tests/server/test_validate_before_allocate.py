@@ -17,10 +17,10 @@ import psutil
 import pytest
 from onnx import TensorProto, helper
 
-from clients.codec import CodecError, deserialize_bytes_tensor
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 from support import RunningServer, running_server
+from tensorgate.clients.codec import CodecError, deserialize_bytes_tensor
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 T = pb.ModelInferRequest.InferInputTensor
 MiB = 2**20

@@ -13,11 +13,11 @@ import grpc
 import pytest
 from telemetry_support import wait_for
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.errors import InvalidArgumentError
-from server.telemetry.logs import LogControl, request_fields
 from support import serve_subprocess
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.server.errors import InvalidArgumentError
+from tensorgate.server.telemetry.logs import LogControl, request_fields
 
 FORGED = "m\nINFO tensorgate.app: FORGED line\r\u2028\x1b[31m\x85"
 
@@ -122,7 +122,7 @@ def test_json_lines_escape_messages_and_fields(logged: tuple[LogControl, logging
 
 def test_served_log_settings_and_forged_names(tmp_path: Path) -> None:
     """A real `tensorgate serve --log-dir`: the RPC stays in the folder; a forged model name stays on one line."""
-    from server.demo.models import build_add_sub
+    from tensorgate.server.demo.models import build_add_sub
 
     build_add_sub(tmp_path / "repo" / "simple" / "1" / "model.onnx")
     folder = tmp_path / "logs"
