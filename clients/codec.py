@@ -181,6 +181,12 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> npt.NDAr
     """Decode exactly `count` length-prefixed elements; every byte must be used."""
     view = memoryview(buffer)
     total = len(view)
+    # every element needs its 4-byte length prefix: check the claim before allocating for it
+    if count * 4 > total:
+        raise CodecError(
+            f"BYTES tensor of {count} elements runs past the {total}-byte buffer "
+            "(each element needs at least its 4-byte length prefix)"
+        )
     out = np.empty(count, dtype=np.object_)
     offset = 0
     for i in range(count):

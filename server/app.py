@@ -3,9 +3,12 @@
 Order on start: bind every listening port (gRPC, HTTP, metrics) so a taken one
 fails at once with one line naming it and its flag, load every model (in a
 worker thread, so the loop stays free), start serving, mark ready (health
-SERVING). On stop: mark not ready (health NOT_SERVING) so load balancers move
-away, stop gRPC and HTTP with a grace period so in-flight calls finish, then
-drain the schedulers.
+SERVING). On stop (the drain): mark not ready (health NOT_SERVING, ServerReady
+false) so load balancers move away, admit the calls gRPC already received, then
+refuse new inference calls with UNAVAILABLE while every admitted one (queued,
+batching, running, open streams', REST requests) finishes, up to the exit timeout;
+only then stop gRPC and HTTP (server.admission says why gRPC's own grace period is
+not a drain) and the schedulers.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from .lifecycle import ModelControl
 from .registry import ModelRegistry
 from .security.exposure import exposure_warning
 from .security.metrics import AccessCollector
+from .servicer import flush_log_summaries
 from .settings import ServerSettings
 from .shm import SharedMemoryRegions
 from .telemetry.hub import Telemetry
@@ -89,7 +94,8 @@ class InferenceServer:
         if self.policy.active:
             self.telemetry.extra_collectors.append(AccessCollector(self.policy))
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry,
-                               shm=SharedMemoryRegions(settings.allow_client_shm), control=self.control)
+                               shm=SharedMemoryRegions(settings.allow_client_shm), control=self.control,
+                               max_request_bytes=settings.max_request_bytes)
         self._transport = make_transport(
             settings.grpc_flavor, self.plane, settings.grpc_threads, TransportSecurity(self.certificates, self.policy)
         )
@@ -225,8 +231,26 @@ class InferenceServer:
             return
         await self._publish_health()
         grace = self.settings.exit_timeout_secs if grace is None else grace
-        stops = [self._transport.stop(grace)] + ([self.http.stop()] if self.http is not None else [])
+        admission = self.plane.admission
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        # what gRPC received before the signal is still being handed over: admit it until it stops coming
+        await loop.run_in_executor(None, admission.wait_arrivals_quiet, 0.1, min(0.5, grace))
+        admission.close()
+        log.info("draining: %d admitted inference calls (requests and open streams) to finish", admission.active)
+        remaining = max(0.0, grace - (time.monotonic() - started))
+        drained = await loop.run_in_executor(None, admission.wait_idle, remaining)
+        if drained:
+            log.info("drained: every admitted request finished in %.2f s", time.monotonic() - started)
+        else:
+            log.warning("exit timeout (%.0f s) passed with %d inference calls still running; cancelling them",
+                        grace, admission.active)
+        if drained:  # late arrivals are refused with UNAVAILABLE until they stop coming (at most 1 s)
+            await loop.run_in_executor(None, admission.wait_quiet, 0.1, 1.0)
+        # calls other than inference (health, metadata) get a moment; nothing admitted is left to wait for
+        stops = [self._transport.stop(1.0 if drained else 0.0)] + ([self.http.stop()] if self.http is not None else [])
         await asyncio.gather(*stops)
+        flush_log_summaries()
         await asyncio.get_running_loop().run_in_executor(None, self.control.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans

@@ -64,6 +64,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "Triton's and protobuf's limit); larger messages are refused by gRPC itself",
     )
     p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=int(_env("MAX_REQUEST_BYTES", str(MAX_MESSAGE_BYTES)) or MAX_MESSAGE_BYTES),
+        help="the most bytes one request's inputs may take once decoded (a BYTES element costs about 41 "
+        "bytes of memory beyond its payload); larger requests are refused with INVALID_ARGUMENT before "
+        f"anything is allocated for them (default {MAX_MESSAGE_BYTES})",
+    )
+    p.add_argument(
         "--grpc-flavor",
         choices=("aio", "thread"),
         default=_env("GRPC_FLAVOR", "aio"),
@@ -344,6 +352,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         max_send_message_bytes=args.grpc_max_message_bytes,
         max_receive_message_bytes=args.grpc_max_message_bytes,
+        max_request_bytes=args.max_request_bytes,
         cache_dir=args.cache_dir,
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
@@ -394,8 +403,22 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
         print(line, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            stop.set()
+            for child in children:  # they drain in parallel with this process
+                child.send_signal(sig)
+            return
+        # a second signal: the operator does not want to wait for the drain
+        log.warning("second %s: exiting now without waiting for in-flight requests", sig.name)
+        for child in children:
+            child.kill()
+        logging.shutdown()
+        os._exit(128 + sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
     def reload() -> None:  # SIGHUP: certificates and tokens, here (off the loop) and in every worker process
         loop.run_in_executor(None, server.reload_credentials)
@@ -405,7 +428,8 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
     loop.add_signal_handler(signal.SIGHUP, reload)
     waiter = asyncio.ensure_future(server.wait())
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.exit_timeout_secs)
+    log.info("shutting down: refusing new requests, finishing admitted ones (up to %.0f s; a second signal "
+             "exits at once)", settings.exit_timeout_secs)
     await server.stop()
     stop_workers(children, settings.exit_timeout_secs)
     waiter.cancel()

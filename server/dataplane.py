@@ -15,13 +15,15 @@ from importlib.metadata import version as _dist_version
 
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
+from .admission import Admission
 from .errors import InvalidArgumentError, NotFoundError, RetiredError, ServerError, UnavailableError
 from .lifecycle import ModelControl
 from .registry import ModelRegistry
 from .request import InferRequest
+from .settings import MAX_MESSAGE_BYTES
 from .shm import SharedMemoryRegions
 from .telemetry.hub import Telemetry
-from .wire import decode_request, repository_parameters
+from .wire import MalformedMessage, decode_request, repository_parameters
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
 
@@ -55,16 +57,31 @@ class DataPlane:
     def __init__(
         self, registry: ModelRegistry, strict_readiness: bool = False, telemetry: Telemetry | None = None,
         shm: SharedMemoryRegions | None = None, control: ModelControl | None = None,
+        max_request_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.registry = registry
+        self.max_request_bytes = max_request_bytes
         self.shm = shm or SharedMemoryRegions()
         # load, unload, poll, index: the model-repository extension (mode none unless the app says)
         self.control = control or ModelControl(registry)
         self.strict_readiness = strict_readiness
-        self.accepting = False  # set by the app: started and not draining
+        # inference calls taken and still running; closed until the app starts, closed again to drain
+        self.admission = Admission()
         self._version = server_version()
         # traces, metrics, TraceSetting/LogSettings (transports reach the tracer through it)
         self.telemetry = telemetry or Telemetry(registry, version=self._version)
+
+    @property
+    def accepting(self) -> bool:
+        """Started and not draining."""
+        return self.admission.open and not self.admission.draining
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        if value:
+            self.admission.reopen()
+        else:
+            self.admission.begin_drain()  # not ready; InferenceServer.stop closes admission after
 
     @property
     def live(self) -> bool:
@@ -191,9 +208,11 @@ class DataPlane:
             request: the wire request.
             time_remaining: seconds left of the call's gRPC deadline, if it has one.
         """
+        if isinstance(request, MalformedMessage):  # a stream's message that did not parse
+            raise InvalidArgumentError(request.reason)
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
-        prepared = decode_request(mv, request, arrival, self.shm)
+        prepared = decode_request(mv, request, arrival, self.max_request_bytes, self.shm)
         prepared.version_named = bool(request.model_version)
         if time_remaining is not None:
             prepared.deadline_ns = arrival + int(time_remaining * 1e9)

@@ -64,6 +64,10 @@ class UnavailableError(ServerError):
 class QueueFullError(UnavailableError):
     public = True
 
+    def __init__(self, message: str, model: str = "") -> None:
+        super().__init__(message)
+        self.model = model  # the log summarises rejections per model
+
 
 class RetiredError(UnavailableError):
     """The model version stopped taking requests; a request for "latest" may go to its successor."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine_factory import EngineSettings
-from .errors import NotFoundError, UnavailableError
+from .errors import InvalidArgumentError, NotFoundError, UnavailableError
 from .model import ModelState, ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
 
@@ -32,6 +33,7 @@ __all__ = ["IndexEntry", "LoadFailedError", "ModelRegistry"]
 log = logging.getLogger("tensorgate.registry")
 
 Cleanup = Callable[[], None]
+_VERSION = re.compile("[0-9]+")  # ASCII digits only: str.isdigit() and int() take others
 
 
 @dataclass(frozen=True)
@@ -255,11 +257,13 @@ class ModelRegistry:
             return served[ready[-1]]
         if entry.error and not served:
             raise UnavailableError(f"model '{name}' is not ready; RepositoryIndex gives the reason")
-        try:
-            number = int(version)
-        except ValueError:
-            raise NotFoundError(f"model '{name}' has no version '{version}'") from None
-        mv = served.get(number)
+        if not _VERSION.fullmatch(version):
+            # int() would take " 1", "+1" and "1_0" as versions; Triton refuses what is not an integer
+            shown = version if len(version) <= 32 else version[:32] + "..."
+            raise InvalidArgumentError(
+                f"model '{name}': invalid version {shown!r}; a version is a decimal integer such as '1'"
+            )
+        mv = served.get(int(version))
         if mv is None:
             raise NotFoundError(
                 f"model '{name}' has no version {version}; served versions: {sorted(served)}"

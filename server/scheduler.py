@@ -222,10 +222,11 @@ class Scheduler:
                 self.statistics.record_failures([request], _now(), "OTHER")
                 raise RetiredError(f"model '{self._model.name}' version {self._model.version} is unloading")
             if level.max_size and len(level.items) >= level.max_size:
-                self.statistics.record_failures([request], _now(), "REJECTED")
+                self.statistics.record_queue_full(request, _now())
                 raise QueueFullError(
                     f"model '{self._model.name}' queue is full (max_queue_size {level.max_size}); "
-                    "request rejected, retry later"
+                    "request rejected, retry later",
+                    self._model.name,
                 )
             if self._preserve_ordering:
                 self._seq[id(request)] = self._next_seq

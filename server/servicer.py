@@ -19,6 +19,7 @@ import grpc
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
+from .admission import SHUTTING_DOWN
 from .dataplane import DataPlane
 from .errors import (
     AlreadyExistsError,
@@ -26,15 +27,23 @@ from .errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
+    QueueFullError,
     ServerError,
     UnavailableError,
     UnimplementedError,
 )
 from .request import InferRequest
+from .telemetry.log_limits import LogSummary
 from .telemetry.logs import failure_trace_id, request_fields
 from .wire import encode_response
 
-__all__ = ["UNIMPLEMENTED_FEATURES", "InferenceServicer", "status_for", "stream_error_response"]
+__all__ = [
+    "UNIMPLEMENTED_FEATURES",
+    "InferenceServicer",
+    "flush_log_summaries",
+    "status_for",
+    "stream_error_response",
+]
 
 log = logging.getLogger("tensorgate.servicer")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -49,6 +58,7 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
+_SUMMARY = LogSummary(log)  # unexpected errors and queue-full rejections, summarised per kind
 
 # RPCs owned by later features: each answers UNIMPLEMENTED naming its feature (model control answers from
 # DataPlane.repository_model_load/unload, which HTTP calls too)
@@ -75,16 +85,43 @@ def status_for(exc: BaseException, request_id: str = "", trace_id: str = "") -> 
     if isinstance(exc, ServerError) and exc.public:
         for cls, code in _STATUS:
             if isinstance(exc, cls):
+                fields = request_fields(request_id, trace_id, code.name)
+                if isinstance(exc, QueueFullError):  # a flood by nature: the first line, then counts
+                    model = exc.model
+                    _SUMMARY.record(f"queue full {model}", logging.INFO, "%s: %s: %s", about, code.name, exc,
+                                    summary=f"model '{model}' rejected requests: queue full", extra=fields)
+                    return code, str(exc)
+                if str(exc) == SHUTTING_DOWN:  # every call while draining: the first line, then counts
+                    _SUMMARY.record("shutting down", logging.INFO, "%s: %s: %s", about, code.name, exc,
+                                    summary="requests refused while draining", extra=fields)
+                    return code, str(exc)
                 bad_request = code is grpc.StatusCode.INVALID_ARGUMENT or code is grpc.StatusCode.NOT_FOUND
                 log.log(logging.DEBUG if bad_request else logging.INFO, "%s: %s: %s", about, code.name, exc,
-                        extra=request_fields(request_id, trace_id, code.name))
+                        extra=fields)
                 return code, str(exc)
     fields = request_fields(request_id, trace_id, "INTERNAL")
     if isinstance(exc, ServerError):
         log.error("%s failed: %s", about, exc, extra=fields)
     else:
-        log.error("%s failed unexpectedly", about, exc_info=exc, extra=fields)
+        # a traceback for the first of each kind, then one count per interval, never one per request
+        kind = _unexpected_kind(exc)
+        _SUMMARY.record(kind, logging.ERROR, "%s failed unexpectedly", about, exc_info=exc, extra=fields,
+                        summary=f"requests failed unexpectedly ({kind})")
     return grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+
+
+def flush_log_summaries() -> None:
+    """Log the counts still pending in the summaries (at stop)."""
+    _SUMMARY.flush()
+
+
+def _unexpected_kind(exc: BaseException) -> str:
+    """The exception type and where it was raised: a bounded set, unlike messages."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}{where}"
 
 
 _Req = TypeVar("_Req")
@@ -178,7 +215,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # ---- inference -------------------------------------------------------------------
 
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
-        """Prepare, queue and wait for one request; raises ServerError on failure."""
+        """Admit, prepare, queue and wait for one request; raises ServerError on failure."""
+        with self._plane.admission.admitted():  # UNAVAILABLE once draining; a drain waits for it
+            return await self._run(request, context)
+
+    async def _run(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
         prepared = self._plane.prepare(request, context.time_remaining())
         if self._tracer.active:  # the one check a request pays when tracing is off
             self._tracer.begin(prepared, context.invocation_metadata())
@@ -212,10 +253,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         unless the client sent the header ``triton_grpc_error: true`` (Triton's
         opt-in), which ends the stream with the real status code.
         """
+        try:
+            self._plane.admission.enter()  # a drain waits for the open stream, which ends itself
+        except UnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        try:
+            async for response in self._stream(request_iterator, context):
+                yield response
+        finally:
+            self._plane.admission.leave()
+
+    async def _stream(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         metadata = dict(context.invocation_metadata() or ())
         fail_stream = str(metadata.get("triton_grpc_error", "")).lower() == "true"
         outbox: asyncio.Queue[pb.ModelStreamInferResponse | BaseException | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        draining = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        unsubscribe = self._plane.admission.on_close(lambda: loop.call_soon_threadsafe(draining.set))
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
@@ -238,7 +295,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await asyncio.gather(*list(tasks), return_exceptions=True)
             outbox.put_nowait(None)
 
+        async def drain() -> None:
+            # the server is draining: answer what was admitted, then end the stream (UNAVAILABLE)
+            await draining.wait()
+            reader.cancel()  # requests read from now on would be refused anyway
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            outbox.put_nowait(UnavailableError(SHUTTING_DOWN))
+
         reader = asyncio.ensure_future(read())
+        drainer = asyncio.ensure_future(drain())
         try:
             while True:
                 item = await outbox.get()
@@ -251,6 +317,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield item
             await reader
         finally:
+            unsubscribe()
+            drainer.cancel()
             reader.cancel()
             for task in list(tasks):
                 task.cancel()

@@ -18,8 +18,9 @@ import grpc
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
+from .admission import SHUTTING_DOWN
 from .dataplane import DataPlane
-from .errors import CancelledError
+from .errors import CancelledError, UnavailableError
 from .request import InferRequest
 from .servicer import UNIMPLEMENTED_FEATURES, status_for, stream_error_response
 from .telemetry.logs import failure_trace_id
@@ -28,6 +29,7 @@ from .wire import encode_response
 __all__ = ["SyncInferenceServicer"]
 
 _DONE = object()
+_DRAIN = object()
 
 
 class _ReleaseSink:
@@ -107,37 +109,58 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         try:
-            waiter = threading.Lock()
-            waiter.acquire()
-            prepared = self._submit(request, context, _SINK, waiter)
-            while not waiter.acquire(timeout=0.5):
-                if not context.is_active():  # the client went away
-                    if self._plane.cancel(prepared):
-                        raise CancelledError(f"request for model '{request.model_name}' was cancelled")
-                    waiter.acquire()  # already running: its batch will deliver it
-                    break
-            if prepared.trace is not None:
-                self._tracer.end(prepared)
-            if prepared.error is not None:
-                raise prepared.error
-            return encode_response(prepared, self._plane.shm)
+            with self._plane.admission.admitted():  # UNAVAILABLE once draining; a drain waits for it
+                return self._infer(request, context)
         except Exception as exc:
             _abort(context, exc, request.id)
             raise  # unreachable: abort raises
 
+    def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        waiter = threading.Lock()
+        waiter.acquire()
+        prepared = self._submit(request, context, _SINK, waiter)
+        while not waiter.acquire(timeout=0.5):
+            if not context.is_active():  # the client went away
+                if self._plane.cancel(prepared):
+                    raise CancelledError(f"request for model '{request.model_name}' was cancelled")
+                waiter.acquire()  # already running: its batch will deliver it
+                break
+        if prepared.trace is not None:
+            self._tracer.end(prepared)
+        if prepared.error is not None:
+            raise prepared.error
+        return encode_response(prepared, self._plane.shm)
+
     def ModelStreamInfer(
+        self, request_iterator: Iterator[pb.ModelInferRequest], context: Any
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        admission = self._plane.admission
+        try:
+            admission.enter()  # a drain waits for the open stream, which ends itself
+        except UnavailableError as exc:
+            _abort(context, exc)
+        try:
+            yield from self._stream(request_iterator, context)
+        finally:
+            admission.leave()
+
+    def _stream(
         self, request_iterator: Iterator[pb.ModelInferRequest], context: Any
     ) -> Iterator[pb.ModelStreamInferResponse]:
         metadata = dict(context.invocation_metadata() or ())
         fail_stream = str(metadata.get("triton_grpc_error", "")).lower() == "true"
         outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         sink = _QueueSink(outbox)
+        unsubscribe = self._plane.admission.on_close(lambda: outbox.put(_DRAIN))
+        draining = False
         submitted = [0]
         done_reading = threading.Event()
 
         def read() -> None:
             try:
                 for request in request_iterator:
+                    if draining:  # sent after the drain began: the stream ends with UNAVAILABLE instead
+                        break
                     submitted[0] += 1
                     try:
                         self._submit(request, context, sink)
@@ -150,24 +173,32 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         threading.Thread(target=read, name="tg-stream-reader", daemon=True).start()
         answered = 0
         reading = True
-        while reading or answered < submitted[0]:
-            item = outbox.get()
-            if item is _DONE:
-                reading = False
-                continue
-            answered += 1
-            if isinstance(item, tuple):
-                request, error = item
-            else:
-                request, error = item, item.error
-                if item.trace is not None:
-                    self._tracer.end(item)
-            if error is not None:
-                if fail_stream:
-                    _abort(context, error, getattr(request, "id", ""))
-                yield stream_error_response(request, error, failure_trace_id(error, context))
-            else:
-                yield pb.ModelStreamInferResponse(infer_response=encode_response(request, self._plane.shm))
+        try:
+            while reading or answered < submitted[0]:
+                item = outbox.get()
+                if item is _DONE:
+                    reading = False
+                    continue
+                if item is _DRAIN:  # answer what was admitted, then end the stream (UNAVAILABLE)
+                    draining, reading = True, False
+                    continue
+                answered += 1
+                if isinstance(item, tuple):
+                    request, error = item
+                else:
+                    request, error = item, item.error
+                    if item.trace is not None:
+                        self._tracer.end(item)
+                if error is not None:
+                    if fail_stream:
+                        _abort(context, error, getattr(request, "id", ""))
+                    yield stream_error_response(request, error, failure_trace_id(error, context))
+                else:
+                    yield pb.ModelStreamInferResponse(infer_response=encode_response(request, self._plane.shm))
+        finally:
+            unsubscribe()
+        if draining:
+            _abort(context, UnavailableError(SHUTTING_DOWN))
 
     def _unimplemented(self, context: Any, rpc: str) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet")

@@ -47,6 +47,8 @@ class ServerSettings:
         http_address: its interface; None = the gRPC address.
         http_port: its port (Triton's 8000); 0 picks a free one.
         max_send_message_bytes / max_receive_message_bytes: gRPC message limits.
+        max_request_bytes: the most bytes one request's inputs may take once decoded (BYTES
+            elements cost more in memory than on the wire); checked before allocating.
         cache_dir: where the demo repository (and later engine caches) are built.
         strict_readiness: ServerReady only when every model is ready (Triton's default);
             otherwise a model that failed to load does not make the server unready.
@@ -81,6 +83,7 @@ class ServerSettings:
     http_port: int = 8000
     max_send_message_bytes: int = MAX_MESSAGE_BYTES
     max_receive_message_bytes: int = MAX_MESSAGE_BYTES
+    max_request_bytes: int = MAX_MESSAGE_BYTES
     cache_dir: Path | None = None
     strict_readiness: bool = False
     exit_timeout_secs: float = 30.0

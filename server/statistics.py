@@ -61,6 +61,7 @@ class ModelStatistics:
         self.batches: dict[int, _BatchSizeStats] = {}
         # fail.count by Triton's metric reasons (the metrics endpoint's nv_inference_request_failure)
         self.failure_reasons = {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 0}
+        self.queue_full = 0  # of the REJECTED: refused at once because the queue was at max_queue_size
 
     def record_batch(
         self, batch: Sequence[InferRequest], start: int, input_end: int, output_start: int, end: int
@@ -93,6 +94,13 @@ class ModelStatistics:
         with self._lock:
             self.fail.add(len(requests), sum(end - r.arrival_ns for r in requests))
             self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + len(requests)
+
+    def record_queue_full(self, request: InferRequest, end: int) -> None:
+        """A request refused because its queue was full (a REJECTED failure, also counted on its own)."""
+        with self._lock:
+            self.fail.add(1, end - request.arrival_ns)
+            self.failure_reasons["REJECTED"] += 1
+            self.queue_full += 1
 
     def to_pb(self, name: str, version: str) -> pb.ModelStatistics:
         out = pb.ModelStatistics(name=name, version=version)

@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
+from .safe_parsing import SafeRegistrar
 from .security.access import AccessPolicy
 from .security.grpc_guard import aio_interceptors, thread_interceptors
 from .security.tls import CertificateSource
@@ -97,9 +98,11 @@ class AioTransport:
         from .servicer import InferenceServicer
 
         server = grpc.aio.server(options=options, interceptors=aio_interceptors(self._security.policy))
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(_SERVICES, server)
+        registrar: Any = SafeRegistrar(server, aio=True)  # malformed bodies: INVALID_ARGUMENT, not UNKNOWN
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(_SERVICES),
+                                                                   registrar)
         port = _add_port(server, address, self._security.credentials())
         if port:
             self._server = server
@@ -137,9 +140,10 @@ class ThreadTransport:
         pool = futures.ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="tg-grpc")
         server = grpc.server(pool, options=options, maximum_concurrent_rpcs=None,
                              interceptors=thread_interceptors(self._security.policy))
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(SyncInferenceServicer(self._plane), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(_SERVICES, server)
+        registrar: Any = SafeRegistrar(server, aio=False)  # malformed bodies: INVALID_ARGUMENT, not INTERNAL
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(SyncInferenceServicer(self._plane), registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.ReflectionServicer(_SERVICES), registrar)
         port = _add_port(server, address, self._security.credentials())
         if port:
             self._server = server

@@ -9,6 +9,7 @@ expected (protocol.md section 1.3 has the wire rules). No gRPC here.
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,12 +25,27 @@ if TYPE_CHECKING:
     from .model import ModelVersion, TensorInfo
     from .shm import SharedMemoryRegions
 
-__all__ = ["TRITON_ACCEPTED_PARAMETERS", "decode_request", "encode_response", "repository_parameters"]
+__all__ = ["TRITON_ACCEPTED_PARAMETERS", "MalformedMessage", "decode_request", "encode_response",
+           "repository_parameters"]
 
 # `triton_`-prefixed request parameters Triton accepts; any other such key is reserved
 TRITON_ACCEPTED_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
 _SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _IGNORED_PARAMETERS = frozenset({"binary_data_output", "headers", "binary_data", "binary_data_size"})
+_MAX_ELEMENTS = 2**48
+# what one decoded BYTES element costs beyond its payload: the object array's pointer and the bytes header
+_BYTES_ELEMENT_COST = 8 + sys.getsizeof(b"")
+
+
+class MalformedMessage:
+    """A request body that is not a valid protobuf message; it carries the identity fields a reply echoes."""
+
+    model_name = ""
+    model_version = ""
+    id = ""
+
+    def __init__(self, message_name: str) -> None:
+        self.reason = f"malformed request: the body is not a valid {message_name} protobuf message"
 
 
 def _bad(model: ModelVersion, message: str) -> InvalidArgumentError:
@@ -40,6 +56,9 @@ def _check_shape(model: ModelVersion, info: TensorInfo, shape: tuple[int, ...]) 
     """Check a request shape against the config; returns its batch size (1 when not batching)."""
     rank, fixed = model.shape_checks[info.name]
     ok = len(shape) == rank and (not shape or min(shape) >= 0)
+    if ok and math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        # no data can back such a claim; with a zero dim numpy could not even reshape to it
+        raise _bad(model, f"input '{info.name}' has shape {list(shape)}: more than 2^48 elements")
     if ok:
         for axis, dim in fixed:
             if shape[axis] != dim:
@@ -57,6 +76,15 @@ def _check_shape(model: ModelVersion, info: TensorInfo, shape: tuple[int, ...]) 
             f"input '{info.name}' has batch size {batch}, more than max_batch_size {model.max_batch_size}",
         )
     return batch
+
+
+def _check_decoded(model: ModelVersion, decoded: int, limit: int) -> None:
+    if decoded > limit:
+        raise _bad(
+            model,
+            f"the request's inputs take {decoded} bytes once decoded, more than the server's limit of "
+            f"{limit} (--max-request-bytes)",
+        )
 
 
 def _shm_window(model: ModelVersion, what: str, params: Any,
@@ -132,18 +160,46 @@ def _requested_outputs(model: ModelVersion, request: pb.ModelInferRequest,
             window = _shm_window(model, f"output '{out.name}'", params, shm)
             if "classification" in params:
                 k = _int_parameter(model, "classification", params["classification"], signed_ok=True)
+                if k and model.outputs[out.name].datatype == "BYTES":
+                    raise _bad(model, f"output '{out.name}' is BYTES: classification needs a numeric output")
         wanted.append(RequestedOutput(out.name, k, window))
     return wanted
 
 
-def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: int,
-                   shm: SharedMemoryRegions | None = None) -> InferRequest:
+def _decoded_size(model: ModelVersion, info: TensorInfo, count: int, sent: int) -> int:
+    """Bytes the tensor takes once decoded, known before anything is allocated for it.
+
+    Fixed-size types decode to what was sent. A BYTES element needs at least its
+    4-byte length prefix, so a claim of more elements than `sent` / 4 is refused here.
+    """
+    if info.datatype != "BYTES":
+        return count * info.np_dtype.itemsize  # BF16 decodes to float32
+    if count * 4 > sent:
+        raise _bad(
+            model,
+            f"input '{info.name}' claims {count} BYTES elements but only {sent} bytes were sent "
+            "(each element needs at least its 4-byte length prefix)",
+        )
+    return count * _BYTES_ELEMENT_COST + sent - 4 * count
+
+
+def decode_request(
+    model: ModelVersion, request: pb.ModelInferRequest, now_ns: int, max_request_bytes: int = 2**31 - 1,
+    shm: SharedMemoryRegions | None = None,
+) -> InferRequest:
     """Check a ModelInferRequest against the model and turn it into an InferRequest.
 
-    Inputs in a shared-memory region (``shm``) are copied out here, so the request never holds a view of a
-    mapping that the client may unregister.
+    Args:
+        model: the model version the request names.
+        request: the wire request.
+        now_ns: its arrival (monotonic ns).
+        max_request_bytes: the most bytes the request's inputs may take once decoded
+            (checked before anything proportional to a claimed shape is allocated).
+        shm: the server's shared-memory regions; inputs in a region are copied out here, so the request never
+            holds a view of a mapping that the client may unregister.
     """
     tensors = request.inputs
+    decoded = 0
     if not tensors:
         raise _bad(model, f"the request has no inputs; expected {list(model.inputs)}")
     raw = request.raw_input_contents
@@ -167,15 +223,18 @@ def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: i
             batch_size = rows
         elif rows != batch_size:
             raise _bad(model, f"input '{name}' has batch size {rows}, other inputs have {batch_size}")
+        count = math.prod(shape)
         try:
             if window is not None:
                 assert shm is not None
                 if tensor.HasField("contents"):
                     raise _bad(model, f"input '{name}' has both typed contents and a shared memory region")
                 size = info.element_size
-                if size and window.byte_size != math.prod(shape) * size:  # checked before anything is read
+                if size and window.byte_size != count * size:  # checked before anything is read
                     raise _bad(model, f"input '{name}': shared_memory_byte_size {window.byte_size} does not match "
-                                      f"shape {list(shape)} of {info.datatype} ({math.prod(shape) * size} bytes)")
+                                      f"shape {list(shape)} of {info.datatype} ({count * size} bytes)")
+                decoded += _decoded_size(model, info, count, window.byte_size)
+                _check_decoded(model, decoded, max_request_bytes)
                 data = shm.read(window.region, window.offset, window.byte_size)
                 array = raw_to_numpy(data, info.datatype, shape)
             elif tensor.HasField("contents"):
@@ -185,6 +244,8 @@ def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: i
                         f"input '{name}' has typed contents while the request also has "
                         "raw_input_contents; use one or the other",
                     )
+                decoded += count * (_BYTES_ELEMENT_COST if info.datatype == "BYTES" else info.np_dtype.itemsize)
+                _check_decoded(model, decoded, max_request_bytes)
                 array = contents_to_numpy(tensor.contents, info.datatype, shape)
             else:
                 if raw_used >= raw_count:
@@ -195,8 +256,10 @@ def decode_request(model: ModelVersion, request: pb.ModelInferRequest, now_ns: i
                     )
                 data = raw[raw_used]
                 raw_used += 1
+                decoded += _decoded_size(model, info, count, len(data))
+                _check_decoded(model, decoded, max_request_bytes)
                 size = info.element_size
-                if size and info.datatype != "BF16" and len(data) == math.prod(shape) * size:
+                if size and info.datatype != "BF16" and len(data) == count * size:
                     array = np.frombuffer(data, dtype=info.np_dtype).reshape(shape)  # the fast path
                 else:
                     array = raw_to_numpy(data, info.datatype, shape)  # BYTES, BF16, or a size error

@@ -6,6 +6,9 @@
   (the throughput benchmark's 784->1024->1024->10).
 * ``build_first_columns``: the MLP's wire signature with no compute, OUTPUT0 = INPUT0[:, :out]
   (the throughput benchmark's server-overhead probe).
+* ``build_identity``: OUTPUT0 = INPUT0 for any element type and variable dims (fuzzing, BYTES paths).
+* ``build_slow``: OUTPUT0 = INPUT0 after a chain of square MatMuls that depend on the input (so
+  ONNX Runtime cannot fold them away): a model that takes a tunable 100s of ms (drain tests).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["OPSET", "build_add_sub", "build_first_columns", "build_mlp", "save_model"]
+__all__ = ["OPSET", "build_add_sub", "build_first_columns", "build_identity", "build_mlp", "build_slow", "save_model"]
 
 OPSET = 17
 _ELEM = {
@@ -101,5 +104,45 @@ def build_first_columns(path: Path, width_in: int = 784, width_out: int = 10) ->
             numpy_helper.from_array(np.array([width_out], dtype=np.int64), "ends"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
         ],
+    )
+    save_model(_model(graph), path)
+
+
+def build_slow(path: Path, width: int = 4, size: int = 512, steps: int = 8) -> None:
+    """INPUT0 float32 [batch, width] -> OUTPUT0 = INPUT0, after `steps` [size, size] MatMuls.
+
+    The matrix is built from the input's sum times zero, so it is computed per run, never folded.
+    """
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["INPUT0"], ["total"], keepdims=0),
+            helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+            helper.make_node("Add", ["nothing", "tiny"], ["fill"]),
+            helper.make_node("Expand", ["fill", "square"], ["M0"]),
+            *[helper.make_node("MatMul", [f"M{i}", "M0"], [f"M{i + 1}"]) for i in range(steps)],
+            helper.make_node("ReduceSum", [f"M{steps}"], ["big"], keepdims=0),
+            helper.make_node("Mul", ["big", "zero"], ["none"]),
+            helper.make_node("Add", ["INPUT0", "none"], ["OUTPUT0"]),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", width])],
+        initializer=[
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array(1e-3, dtype=np.float32), "tiny"),
+            numpy_helper.from_array(np.array([size, size], dtype=np.int64), "square"),
+        ],
+    )
+    save_model(_model(graph), path)
+
+
+def build_identity(path: Path, elem: int = TensorProto.FLOAT, rank: int = 2) -> None:
+    """INPUT0 [d0, ..., d(rank-1)] of ONNX element type `elem` -> OUTPUT0, the same tensor."""
+    shape: list[int | str] = [f"d{i}" for i in range(rank)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "identity",
+        [helper.make_tensor_value_info("INPUT0", elem, shape)],
+        [helper.make_tensor_value_info("OUTPUT0", elem, shape)],
     )
     save_model(_model(graph), path)

@@ -180,12 +180,13 @@ class _Routes:
         body = await request.read()
         message, binary = decode_infer_body(body, request.headers.get(HEADER_LENGTH), name, version)
         try:
-            prepared = await self._run(message, request.headers)
+            with self._plane.admission.admitted():  # 503 once draining; a drain waits for this request
+                prepared = await self._run(message, request.headers)
+                header, chunks = encode_infer_response(encode_response(prepared, self._plane.shm), binary)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the log line names the request id (and trace id, when traced)
             return error_response(*http_status_for(exc, message.id))
-        header, chunks = encode_infer_response(encode_response(prepared, self._plane.shm), binary)
         if not chunks:
             response = web.Response(body=header, content_type="application/json")
         else:

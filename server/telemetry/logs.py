@@ -12,12 +12,21 @@ serve`` installs its handler on the root logger; the LogSettings RPC (keys
 ``log_format``, as in Triton) changes it at run time. A server embedded in
 another program without ``install`` only has its ``tensorgate`` logger's level
 changed by the RPC.
+
+Clients choose much of what is logged (model names, versions, request ids,
+parameters), so every line is escaped: control characters, newlines and the
+Unicode line separators become visible escapes, in the plain formats and in
+JSON alike, and no client can forge a line. ``log_file`` may only name a file
+directly inside ``--log-dir`` (refused without it), opened without following
+symlinks, so the RPC cannot reach the rest of the file system.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import sys
 import threading
 import time
@@ -29,12 +38,35 @@ from ..errors import InvalidArgumentError
 from .options import LOG_FORMATS, TelemetrySettings
 from .tracing import parse_traceparent
 
-__all__ = ["LOGS", "LogControl", "configure_logs", "failure_trace_id", "model_state", "request_fields"]
+__all__ = [
+    "LOGS",
+    "LogControl",
+    "configure_logs",
+    "escape_log_text",
+    "failure_trace_id",
+    "model_state",
+    "request_fields",
+]
 
 log = logging.getLogger("tensorgate.telemetry.logs")
 
+_NO_LOCK = threading.Lock()
 _FIELDS = ("model", "version", "state", "reason", "request_id", "trace_id", "grpc_code")
 _PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _escape_table() -> dict[int, str]:
+    table = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+    return table
+
+
+_ESCAPES = _escape_table()
+
+
+def escape_log_text(text: str) -> str:
+    """One log line stays one line: control characters and line separators become visible escapes."""
+    return text.translate(_ESCAPES)
 
 
 def model_state(name: str, version: int | str, state: str, reason: str = "") -> dict[str, Any]:
@@ -76,20 +108,29 @@ class _JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape_log_text(record.getMessage()),
         }
         for key in _FIELDS:
             value = record.__dict__.get(key)
             if value not in (None, ""):
-                out[key] = value
+                out[key] = escape_log_text(value) if isinstance(value, str) else value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-class _IsoFormatter(logging.Formatter):
+class _PlainFormatter(logging.Formatter):
+    """Triton's default format, the message escaped (a traceback, ours, keeps its lines)."""
+
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__(_PLAIN)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_log_text(record.message)
+        return super().formatMessage(record)
+
+
+class _IsoFormatter(_PlainFormatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
@@ -100,7 +141,17 @@ def _formatter(name: str) -> logging.Formatter:
         return _JsonFormatter()
     if name == "ISO8601":
         return _IsoFormatter()
-    return logging.Formatter(_PLAIN)
+    return _PlainFormatter()
+
+
+class _OwnedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler for a file opened here: closing the handler closes the file."""
+
+    def close(self) -> None:
+        with self.lock if self.lock is not None else _NO_LOCK:
+            self.flush()
+            self.stream.close()
+        super().close()
 
 
 class LogControl:
@@ -113,6 +164,8 @@ class LogControl:
         self.error = True
         self.verbose = 0
         self.format = "default"
+        self.log_dir = ""  # where the LogSettings RPC may put log_file; "" = it may not move it
+        self._stream: TextIO | None = None  # where log_file "" writes (stderr unless install named one)
         self._handler: logging.Handler | None = None
         self._logger = logging.getLogger()
         self._lock = threading.Lock()
@@ -133,9 +186,11 @@ class LogControl:
 
     def install(self, *, verbose: int = 0, log_format: str = "default", log_file: str = "", info: bool = True,
                 warning: bool = True, error: bool = True, stream: TextIO | None = None,
-                logger: logging.Logger | None = None) -> None:
+                logger: logging.Logger | None = None, log_dir: str = "") -> None:
         """Own the output of ``logger`` (the root logger: `tensorgate serve`); replaces its handlers."""
         with self._lock:
+            self.log_dir = log_dir
+            self._stream = stream
             self.verbose, self.format, self.info, self.warning, self.error = verbose, log_format, info, warning, error
             root = self._logger = logger or logging.getLogger()
             for handler in list(root.handlers):
@@ -145,10 +200,14 @@ class LogControl:
             root.addHandler(self._handler)
             self._apply_levels()
 
-    def _open(self, log_file: str, stream: TextIO | None = None) -> logging.Handler:
-        handler: logging.Handler = (
-            logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(stream or sys.stderr)
-        )
+    def _open(self, log_file: str, stream: TextIO | None = None, opened: TextIO | None = None) -> logging.Handler:
+        handler: logging.Handler
+        if opened is not None:
+            handler = _OwnedStreamHandler(opened)
+        elif log_file:  # the operator's --log-file: any path
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        else:
+            handler = logging.StreamHandler(stream or self._stream or sys.stderr)
         handler.addFilter(self._gate)
         handler.setFormatter(_formatter(self.format))
         return handler
@@ -206,10 +265,7 @@ class LogControl:
     def _switch_file(self, path: str) -> None:
         if self._handler is None:
             raise InvalidArgumentError("log_file can only be changed on a server started by `tensorgate serve`")
-        try:
-            handler = self._open(path)
-        except OSError as exc:
-            raise InvalidArgumentError(f"cannot open log file '{path}': {exc.strerror}") from None
+        handler = self._open("", opened=_open_in_log_dir(self.log_dir, path)) if path else self._open("")
         self._logger.addHandler(handler)
         self._logger.removeHandler(self._handler)
         self._handler.close()
@@ -241,6 +297,42 @@ class LogControl:
                 "log_verbose_level": self.verbose, "log_format": self.format}
 
 
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_in_log_dir(log_dir: str, path: str) -> TextIO:
+    """Open `path` for append, only when it names a regular file directly inside `log_dir`.
+
+    The file is opened relative to the folder's own descriptor with O_NOFOLLOW, so
+    neither ``..``, nor an absolute path elsewhere, nor a symlink planted in the
+    folder (before or after the check) leads out of it; a FIFO or device is refused.
+    """
+    shown = escape_log_text(path if len(path) <= 200 else path[:200] + "...")
+    if not log_dir:
+        raise InvalidArgumentError(
+            "log_file cannot be changed: the server was started without --log-dir (log files may only be "
+            "created inside that folder)"
+        )
+    folder = os.path.realpath(log_dir)
+    name = os.path.basename(path)
+    parent = os.path.dirname(path)
+    if "\0" in path or name in ("", ".", "..") or (parent and os.path.realpath(os.path.join(folder, parent)) != folder):
+        raise InvalidArgumentError(f"log_file '{shown}' must name a file directly inside the --log-dir folder")
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fd = os.open(name, _OPEN_FLAGS, 0o640, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot open log file '{shown}' inside --log-dir: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidArgumentError(f"log_file '{shown}' is not a regular file")
+    os.set_blocking(fd, True)
+    return open(fd, "a", encoding="utf-8")  # the handler owns it and closes it
+
+
 #: the process's log control (logging is process-wide)
 LOGS = LogControl()
 
@@ -248,4 +340,5 @@ LOGS = LogControl()
 def configure_logs(settings: TelemetrySettings, verbose: int) -> None:
     """`tensorgate serve`'s logging: LOGS owns the root logger with the flags' format, file and switches."""
     LOGS.install(verbose=verbose, log_format=settings.log_format, log_file=settings.log_file,
-                 info=settings.log_info, warning=settings.log_warning, error=settings.log_error)
+                 info=settings.log_info, warning=settings.log_warning, error=settings.log_error,
+                 log_dir=settings.log_dir)

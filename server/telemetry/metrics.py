@@ -77,6 +77,9 @@ class ModelCollector(Collector):
                          "Instantaneous number of pending requests awaiting execution per-model.", "gauge")
         durations = [(family(name, doc, "counter"), field) for name, field, doc in _DURATIONS]
         ready = family("tensorgate_model_ready", "1 when the model version is READY, else 0", "gauge")
+        queue_full = family("tensorgate_inference_queue_full_total", "Requests refused at once because the model's "
+                            "queue was at max_queue_size (also in nv_inference_request_failure{reason=REJECTED})",
+                            "counter")
         for entry in self._registry.index():
             if entry.version:
                 ready.add_sample("tensorgate_model_ready", {"model": entry.name, "version": entry.version},
@@ -96,9 +99,10 @@ class ModelCollector(Collector):
             count.add_sample(count.name, labels, snapshot.inference_count)
             execs.add_sample(execs.name, labels, snapshot.execution_count)
             pending.add_sample(pending.name, labels, scheduler.pending)
+            queue_full.add_sample(queue_full.name, labels, getattr(stats, "queue_full", 0))
             for metric, field in durations:
                 metric.add_sample(metric.name, labels, getattr(infer, field).ns // 1000)
-        yield from (success, failure, count, execs, pending, *(m for m, _ in durations), ready)
+        yield from (success, failure, count, execs, pending, *(m for m, _ in durations), ready, queue_full)
 
 
 class EngineCacheCollector(Collector):

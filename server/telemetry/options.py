@@ -167,6 +167,7 @@ class TelemetrySettings:
         allow_gpu_metrics / allow_cpu_metrics: include nv_gpu_* (NVML) / nv_cpu_* families.
         log_format: "default", "ISO8601" (Triton's two) or "json" (one object per line).
         log_file: write the log there instead of stderr.
+        log_dir: the folder the LogSettings RPC may put ``log_file`` in ("" = it may not change it).
         log_info / log_warning / log_error: Triton's per-severity switches.
     """
 
@@ -178,6 +179,7 @@ class TelemetrySettings:
     allow_cpu_metrics: bool = True
     log_format: str = "default"
     log_file: str = ""
+    log_dir: str = ""
     log_info: bool = True
     log_warning: bool = True
     log_error: bool = True
@@ -233,6 +235,9 @@ def add_telemetry_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-format", choices=LOG_FORMATS, default=_env("LOG_FORMAT", "default"),
                    help="log line format: default, ISO8601 (Triton's) or json (one object per line)")
     g.add_argument("--log-file", default=_env("LOG_FILE", ""), help="write the log to this file (default stderr)")
+    g.add_argument("--log-dir", default=_env("LOG_DIR", ""),
+                   help="the folder in which the LogSettings RPC may create or switch to a log file (a plain "
+                   "name, directly inside; no symlinks followed); without it clients cannot move the log")
     for name in ("info", "warning", "error"):
         g.add_argument(f"--log-{name}", type=_bool, default=_bool(_env(f"LOG_{name.upper()}", "true")),
                        metavar="BOOL", help=f"log {name} messages (default true)")
@@ -253,6 +258,7 @@ def telemetry_settings_from_args(args: Any) -> TelemetrySettings:
         allow_cpu_metrics=args.allow_cpu_metrics,
         log_format=args.log_format,
         log_file=args.log_file,
+        log_dir=args.log_dir,
         log_info=args.log_info,
         log_warning=args.log_warning,
         log_error=args.log_error,

@@ -67,10 +67,30 @@ def _bytes_overrun(r: pb.ModelInferRequest) -> None:
     r.raw_input_contents.append(struct.pack("<I", 100) + b"short")
 
 
+def _classify_bytes(r: pb.ModelInferRequest) -> None:
+    """Found by bench.fuzz: top-k of a BYTES output was INTERNAL (argsort of strings)."""
+    del r.inputs[:]
+    r.model_name = "strings"
+    r.inputs.add(name="TEXT", datatype="BYTES", shape=[1, 1])
+    del r.raw_input_contents[:]
+    r.raw_input_contents.append(struct.pack("<I", 2) + b"hi")
+    r.outputs.add(name="OUT").parameters["classification"].int64_param = 1
+
+
 BAD_REQUESTS: dict[str, tuple[pb.ModelInferRequest, grpc.StatusCode, tuple[str, ...]]] = {
     "unknown model": (good_request(model_name="nope"), grpc.StatusCode.NOT_FOUND, ("nope",)),
     "unknown version": (good_request(model_version="7"), grpc.StatusCode.NOT_FOUND, ("simple", "7")),
-    "non-numeric version": (good_request(model_version="latest"), grpc.StatusCode.NOT_FOUND, ("simple",)),
+    # Triton refuses a version string that is not an integer with INVALID_ARG; int() would take these
+    "non-numeric version": (good_request(model_version="latest"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
+    "version with a leading space": (
+        good_request(model_version=" 1"), grpc.StatusCode.INVALID_ARGUMENT, ("simple", "invalid version")
+    ),
+    "version with a sign": (good_request(model_version="+1"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
+    "version with an underscore": (good_request(model_version="1_0"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
+    "version in other digits": (good_request(model_version="\u0661"), grpc.StatusCode.INVALID_ARGUMENT, ("simple",)),
+    "classification of a BYTES output": (
+        mutate(_classify_bytes), grpc.StatusCode.INVALID_ARGUMENT, ("strings", "OUT", "numeric")
+    ),
     "model not ready": (good_request(model_name="broken", model_version="1"), grpc.StatusCode.UNAVAILABLE, ("broken",)),
     "model without available versions": (
         good_request(model_name="broken"),
