@@ -15,6 +15,7 @@ from pathlib import Path
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
 from .registry import ModelRegistry
+from .response_cache import ResponseCache
 from .settings import ServerSettings
 from .telemetry.hub import Telemetry
 from .transport import make_transport
@@ -32,6 +33,7 @@ class InferenceServer:
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
+            None if settings.response_cache_bytes is None else ResponseCache(settings.response_cache_bytes),
         )
         self.telemetry = Telemetry(self.registry, settings.telemetry, server_version())
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry)

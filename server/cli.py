@@ -87,6 +87,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     _add_engine_cache_flags(p)
     p.add_argument(
+        "--cache-config",
+        action="append",
+        default=[v for v in [_env("CACHE_CONFIG")] if v],
+        metavar="local,size=BYTES",
+        help="the response cache (Triton's flag): an LRU of responses bounded by BYTES, used by models whose "
+        "config has response_cache { enable: true } (default: no response cache)",
+    )
+    p.add_argument(
         "--strict-readiness",
         action="store_true",
         default=_env("STRICT_READINESS", "") in ("1", "true"),
@@ -187,6 +195,15 @@ def _demo_repository(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_bytes(values: list[str]) -> int | None:
+    from .response_cache import CacheConfigError, parse_cache_config
+
+    try:
+        return parse_cache_config(values)
+    except CacheConfigError as exc:
+        raise SystemExit(f"tensorgate serve: {exc}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .telemetry.logs import configure_logs
 
@@ -208,6 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_threads=args.grpc_threads,
         reuse_port=args.reuse_port or args.workers > 1,
         telemetry=telemetry,
+        response_cache_bytes=_cache_bytes(args.cache_config),
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))

@@ -135,16 +135,19 @@ class DataPlane:
         """
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
+        guard = mv.input_guard
+        if guard is not None:  # text models: cap the payload before decoding it
+            guard.before(mv.name, request)
         prepared = decode_request(mv, request, arrival)
+        if guard is not None:
+            guard.check(prepared)
         if time_remaining is not None:
             prepared.deadline_ns = arrival + int(time_remaining * 1e9)
         return prepared
 
     def submit(self, request: InferRequest) -> None:
-        """Queue a prepared request; its sink is told when it is done."""
-        scheduler = request.model.scheduler
-        assert scheduler is not None
-        scheduler.submit(request)
+        """Queue a prepared request (or answer it from the response cache); its sink is told when done."""
+        self.registry.submit(request)
 
     def cancel(self, request: InferRequest) -> bool:
         """Drop a queued request whose client went away; False when it is already running."""

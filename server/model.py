@@ -10,7 +10,7 @@ import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,8 +24,12 @@ from .repository import DEFAULT_MODEL_FILENAME
 from .scheduler import Scheduler
 from .telemetry.drift import drift_monitor
 from .telemetry.logs import model_state
+from .tokenizer_model import TextGuard, is_tokenizer, load_tokenizer_engine
 
-__all__ = ["LoadError", "ModelState", "ModelVersion", "TensorInfo", "load_model_version"]
+if TYPE_CHECKING:
+    from .ensemble import EnsembleScheduler
+
+__all__ = ["LoadError", "ModelState", "ModelVersion", "TensorInfo", "load_model_version", "set_tensors"]
 
 log = logging.getLogger("tensorgate.model")
 
@@ -94,7 +98,9 @@ class ModelVersion:
         self.shape_checks: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self.max_batch_size = 0
         self.engine: Engine | None = None
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Scheduler | EnsembleScheduler | None = None
+        self.response_cache = False  # response_cache { enable: true }: the server's cache answers repeats
+        self.input_guard: TextGuard | None = None  # text caps checked before decoding (tokenizer, ensembles)
 
     @property
     def ready(self) -> bool:
@@ -136,9 +142,12 @@ def load_model_version(
     mv = ModelVersion(name, version, model_file.parent.parent)
     log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
     try:
-        if not model_file.exists():
+        if is_tokenizer(given):  # the built-in tokenizer kind: tokenizer.json instead of a model file
+            loaded, mv.input_guard = load_tokenizer_engine(model_file.parent, given)
+        elif not model_file.exists():
             raise LoadError(f"version {version} has no model file {model_file.name}")
-        loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings())
+        else:
+            loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings())
         engine = loaded.engine
         mv.engine = engine
         config = complete_config(
@@ -151,19 +160,7 @@ def load_model_version(
         )
         for key, value in loaded.parameters.items():  # precision and accuracy figures, shown by ModelConfig
             config.parameters[key].string_value = value
-        mv.config = config
-        mv.max_batch_size = config.max_batch_size
-        mv.inputs = {t.name: _tensor_info(t) for t in config.input}
-        offset = 1 if mv.batching else 0
-        mv.shape_checks = {
-            name: (len(t.dims) + offset, tuple((i + offset, d) for i, d in enumerate(t.dims) if d != -1))
-            for name, t in mv.inputs.items()
-        }
-        mv.outputs = {t.name: _tensor_info(t) for t in config.output}
-        for output in config.output:
-            labels = _read_labels(mv.path, output)
-            if labels is not None:
-                mv.labels[output.name] = labels
+        set_tensors(mv, config)
         count = loaded.instance_count or _instance_count(config)  # GPU engines: count per listed GPU
         instances: list[EngineInstance] = [engine.create_instance() for _ in range(count)]
         mv.scheduler = Scheduler(mv, instances)
@@ -193,6 +190,24 @@ def load_model_version(
         log.exception("model %s version %d UNAVAILABLE", name, version,
                       extra=model_state(name, version, "UNAVAILABLE", mv.reason))
     return mv
+
+
+def set_tensors(mv: ModelVersion, config: mc.ModelConfig) -> None:
+    """The effective config and what the request path reads from it, precomputed."""
+    mv.config = config
+    mv.max_batch_size = config.max_batch_size
+    mv.response_cache = config.response_cache.enable
+    mv.inputs = {t.name: _tensor_info(t) for t in config.input}
+    offset = 1 if mv.batching else 0
+    mv.shape_checks = {
+        name: (len(t.dims) + offset, tuple((i + offset, d) for i, d in enumerate(t.dims) if d != -1))
+        for name, t in mv.inputs.items()
+    }
+    mv.outputs = {t.name: _tensor_info(t) for t in config.output}
+    for output in config.output:
+        labels = _read_labels(mv.path, output)
+        if labels is not None:
+            mv.labels[output.name] = labels
 
 
 def _instance_count(config: mc.ModelConfig) -> int:

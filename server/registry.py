@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .engine_factory import EngineSettings
+from .ensemble import load_ensemble
+from .ensemble_plan import is_ensemble
 from .errors import NotFoundError, UnavailableError
 from .model import ModelState, ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
+from .request import InferRequest
+from .response_cache import ResponseCache, submit_request
 
 __all__ = ["IndexEntry", "ModelRegistry"]
 
@@ -50,9 +54,11 @@ class ModelRegistry:
         self,
         repository: Path,
         engine_settings: EngineSettings | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self.repository = repository
         self.engine_settings = engine_settings or EngineSettings()
+        self.response_cache = response_cache  # --cache-config; used by models with response_cache enabled
         self._models: dict[str, _ModelEntry] = {}
         self._lock = threading.Lock()
 
@@ -60,8 +66,22 @@ class ModelRegistry:
 
     def load_all(self) -> None:
         """Scan the repository and load every model version the policies select."""
-        for source in scan_repository(self.repository):
+        sources = scan_repository(self.repository)
+        # ensembles last, each after the ensembles it composes (Triton loads dependencies first)
+        for source in [s for s in sources if not is_ensemble(s.config)]:
             self._load(source)
+        waiting = [s for s in sources if is_ensemble(s.config)]
+        while waiting:
+            pending = {s.name for s in waiting}
+            ready = [s for s in waiting
+                     if not {step.model_name for step in s.config.ensemble_scheduling.step} & pending]
+            for source in ready or waiting:  # a cycle: load them anyway, each fails with its reason
+                self._load(source)
+            waiting = [s for s in waiting if s not in (ready or waiting)]
+
+    def submit(self, request: InferRequest) -> None:
+        """Queue a prepared request on its model, through the response cache when the model has one."""
+        submit_request(request, self.response_cache)
 
     def _load(self, source: ModelSource) -> None:
         entry = _ModelEntry(source)
@@ -71,6 +91,11 @@ class ModelRegistry:
             log.error("model %s UNAVAILABLE: %s", source.name, source.error)
             return
         for version, model_file in sorted(source.versions.items()):
+            if is_ensemble(source.config):
+                entry.versions[version] = load_ensemble(
+                    source.name, version, model_file.parent, source.config, self.resolve, self.submit
+                )
+                continue
             entry.versions[version] = load_model_version(
                 source.name,
                 version,

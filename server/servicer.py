@@ -26,6 +26,7 @@ from .errors import (
     InvalidArgumentError,
     NotFoundError,
     ServerError,
+    StepFailedError,
     UnavailableError,
     UnimplementedError,
 )
@@ -45,6 +46,7 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (CancelledError, grpc.StatusCode.CANCELLED),
     (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (StepFailedError, grpc.StatusCode.INTERNAL),
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
 

@@ -44,6 +44,7 @@ class ServerSettings:
             (default <cache_dir>/engines).
         engine_cache_max_bytes: the engine cache's size bound; least recently used entries go first.
         telemetry: traces (--trace-config), the metrics endpoint and log format (server.telemetry).
+        response_cache_bytes: the response cache's size (--cache-config local,size=BYTES); None: no cache.
     """
 
     model_repository: Path | None = None
@@ -61,6 +62,7 @@ class ServerSettings:
     engine_cache_dir: Path | None = None
     engine_cache_max_bytes: int = DEFAULT_ENGINE_CACHE_BYTES
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    response_cache_bytes: int | None = None
 
     @property
     def resolved_cache_dir(self) -> Path:
