@@ -81,7 +81,7 @@ def request_key(request: InferRequest) -> bytes:
         array = request.inputs[name]
         info = model.inputs.get(name)
         datatype = info.datatype if info is not None else str(array.dtype)
-        h.update(f"|{len(name)}:{name}:{datatype}:{array.shape}".encode())
+        h.update(f"|{len(name)}:{name}:{datatype}:{array.dtype.str}:{array.shape}".encode())
         if array.dtype == np.object_:
             raw = numpy_to_raw(array, datatype)
             h.update(len(raw).to_bytes(8, "little"))
