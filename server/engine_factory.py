@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from clients.pb import model_config_pb2 as mc
@@ -34,6 +34,7 @@ from engines.pipeline import (
 )
 from engines.precision import PrecisionSpec
 from engines.tensorrt import BuildOptions, compute_profiles, distinct_devices, installed_tensorrt_version
+from engines.tensorrt.builder import sparse_capable
 
 from .autocomplete import DEFAULT_CPU_INSTANCES, DEFAULT_MAX_BATCH_SIZE
 from .engine_options import EngineOptions, OptionError, parse_engine_options
@@ -215,13 +216,16 @@ def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path,
         inputs, batching, min_shapes=options.trt.min_shapes, opt_shapes=options.trt.opt_shapes,
         max_shapes=options.trt.max_shapes, preferred_batch_sizes=list(config.dynamic_batching.preferred_batch_size),
     )
-    build = BuildOptions(tuple(profiles), options.trt.workspace_bytes, options.trt.optimization_level)
+    build = BuildOptions(tuple(profiles), options.trt.workspace_bytes, options.trt.optimization_level,
+                         sparse_weights=bool(artifact.spec.sparsity))
     version = installed_tensorrt_version() or ""
     used = [d for d in probe.devices if d.index in set(placement.instance_gpus)]
     results: dict[str, EngineResult] = {}
     for dev in distinct_devices(used, version, probe.runtime_version):  # identical GPUs share one plan
         fp = str(gpu_fingerprint(dev, version, probe.runtime_version))
-        results[fp] = prepare_trt_plan(cache, artifact, dev, probe.runtime_version, build, progress)
+        # sparse tensor cores: Ampere (8.0) and newer; elsewhere the flag is off (and so in the key)
+        options_here = replace(build, sparse_weights=build.sparse_weights and sparse_capable(dev))
+        results[fp] = prepare_trt_plan(cache, artifact, dev, probe.runtime_version, options_here, progress)
     plans = {d.index: results[str(gpu_fingerprint(d, version, probe.runtime_version))].path for d in used}
     return list(results.values()), plans, build
 
@@ -246,9 +250,9 @@ def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, s
     if placement.device == "cpu" and options.tensorrt_requested and options.gpu.precision != options.cpu.precision:
         log.info("model %s: the tensorrt accelerator's %s applies on GPUs; on the CPU it runs %s",
                  name, options.gpu.precision, options.cpu.precision)
-    cache = _cache(settings, needed=spec.precision != "FP32" or placement.device == "gpu")
+    cache = _cache(settings, needed=not spec.is_fp32_model or placement.device == "gpu")
     batching: bool | None = True if config.max_batch_size > 0 else None
-    thresholds = options.thresholds_for(spec.precision)
+    thresholds = options.thresholds_for(spec.precision, bool(spec.sparsity))
     if cache is None:
         artifact = ArtifactResult(model_file, spec, "fp32", cache_hit=True)
         return Prepared(placement, artifact, [], ort=ort_options(config), seconds=time.monotonic() - start)

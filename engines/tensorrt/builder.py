@@ -24,7 +24,8 @@ from ..devices import GpuDevice, gpu_fingerprint
 from ..pipeline import ArtifactResult, EngineResult
 from .profiles import InputProfile
 
-__all__ = ["PLAN_FILE", "TRT_ENGINE_VERSION", "BuildOptions", "build_plan", "prepare_trt_plan", "trt_plan_fields"]
+__all__ = ["PLAN_FILE", "TRT_ENGINE_VERSION", "BuildOptions", "build_plan", "prepare_trt_plan", "sparse_capable",
+           "trt_plan_fields"]
 
 log = logging.getLogger("tensorgate.engines.tensorrt")
 
@@ -45,20 +46,30 @@ class BuildOptions:
         workspace_bytes: max_workspace_size_bytes.
         optimization_level: trt_builder_optimization_level (0-5).
         hardware_compatibility: "NONE", "AMPERE_PLUS" or "SAME_COMPUTE_CAPABILITY".
+        sparse_weights: BuilderFlag.SPARSE_WEIGHTS (a 2:4 pruned artifact on a GPU with sparse tensor cores).
     """
 
     profiles: tuple[InputProfile, ...] = field(default_factory=tuple)
     workspace_bytes: int = DEFAULT_WORKSPACE
     optimization_level: int = DEFAULT_OPT_LEVEL
     hardware_compatibility: str = "NONE"
+    sparse_weights: bool = False
 
     def key_fields(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "profiles": [[p.name, list(p.min), list(p.opt), list(p.max)] for p in self.profiles],
             "workspace_bytes": self.workspace_bytes,
             "optimization_level": self.optimization_level,
             "hardware_compatibility": self.hardware_compatibility,
         }
+        if self.sparse_weights:  # only when set: dense plans keep the keys they had
+            fields["sparse_weights"] = True
+        return fields
+
+
+def sparse_capable(device: GpuDevice) -> bool:
+    """Sparse tensor cores (2:4 structured sparsity): compute capability 8.0 (Ampere) and newer."""
+    return tuple(device.compute_capability) >= (8, 0)
 
 
 def trt_plan_fields(
@@ -157,6 +168,10 @@ def build_plan(trt: Any, logger: Any, onnx_path: Path, options: BuildOptions, ti
     level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), options.hardware_compatibility, None)
     if level is not None and hasattr(config, "hardware_compatibility_level"):
         config.hardware_compatibility_level = level
+    if options.sparse_weights:
+        flag = getattr(trt.BuilderFlag, "SPARSE_WEIGHTS", None)  # feature-detected, as the other flags
+        if flag is not None:
+            config.set_flag(flag)
     if options.profiles:
         profile = builder.create_optimization_profile()
         for p in options.profiles:
