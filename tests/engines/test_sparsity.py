@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from engine_models import conv_model, mlp_model, mlp_repository_model, param, precision_config, write_calibration
+from engine_models import (
+    conv_model,
+    mlp_model,
+    mlp_repository_model,
+    param,
+    precision_config,
+    write_calibration,
+)
 from onnx import numpy_helper
 
 from clients.pb import grpc_service_pb2 as pb
