@@ -104,6 +104,9 @@ class ModelRegistry:
                 max_batch_size_given=source.max_batch_size_given,
                 engine_settings=self.engine_settings,
             )
+        if self.response_cache is None and any(mv.response_cache for mv in entry.versions.values()):
+            log.warning("model %s enables response_cache but the server has no cache (--cache-config "
+                        "local,size=BYTES): every request is computed", source.name)
 
     def stop(self) -> None:
         """Drain and unload every model (in-flight requests finish first)."""
