@@ -113,7 +113,7 @@ async def _measure(url: str, rates: Sequence[float], concurrency: int, seconds: 
         rows_out = []
         for model, rate in [("mlp", r) for r in rates] + [("mlp_nocache", 0.0)]:
             before = _cache_counts(sync_stub, model)
-            result = await _run(stub, inputs, model, rate, concurrency, seconds)
+            result: dict[str, Any] = dict(await _run(stub, inputs, model, rate, concurrency, seconds))
             hits, misses = (a - b for a, b in zip(_cache_counts(sync_stub, model), before, strict=True))
             result.update(model=model, hit_rate=rate, measured_hit_rate=hits / max(1, hits + misses))
             rows_out.append(result)
