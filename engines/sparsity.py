@@ -11,14 +11,14 @@ dense by name or glob pattern (``sparsity_exclude_nodes``). ONNX Runtime on a
 CPU runs the zeros as ordinary multiplications: pruning there costs accuracy
 and buys no speed, which is why the accuracy gate checks every pruned artifact.
 
-``python -m engines.sparsity MODEL.onnx [CALIBRATION_DIR]`` prunes one layer at a
-time and prints each layer's accuracy against fp32: which layers keep accuracy.
+``python -m engines.sparsity MODEL.onnx [CALIBRATION_DIR] [--by node|kind|block]``
+prunes one layer (or one kind of layer, or one block) at a time and prints its
+accuracy against fp32: which layers keep accuracy.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +163,19 @@ def prune_2_4(model: onnx.ModelProto, exclude_nodes: Sequence[str] = (),
     return out, layers
 
 
-def _sensitivity(model_path: Path, calibration_dir: Path | None) -> None:  # pragma: no cover - a report tool
+def _group(name: str, by: str) -> str:
+    """A layer's group in the report: itself ("node"), its kind across blocks ("kind"), or its block ("block")."""
+    import re
+
+    if by == "kind":  # encoder.layer.3.attention.self.query.matmul_12 -> attention.self.query
+        return re.sub(r"(^|\.)[a-z]+\.\d+\.|[._]?matmul_?\d*$|#\d+$", ".", name, flags=re.I).strip(".") or name
+    if by == "block":  # encoder.layer.3.attention... -> encoder.layer.3
+        match = re.match(r"(.*?\.\d+)\.", name)
+        return match.group(1) if match else name
+    return name
+
+
+def _sensitivity(model_path: Path, calibration_dir: Path | None, by: str = "node") -> None:  # pragma: no cover
     import tempfile
 
     from .accuracy import measure_accuracy
@@ -181,7 +193,11 @@ def _sensitivity(model_path: Path, calibration_dir: Path | None) -> None:  # pra
         raise SystemExit("no calibration data and inputs that cannot be synthesised")
     layers = [layer for layer in eligible_layers(model) if layer.pruned]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [(f"all {len(layers)} layers", None)] + [(layer.node, [layer.node]) for layer in layers]
+        groups: dict[str, list[str]] = {}
+        for layer in layers:
+            groups.setdefault(_group(layer.node, by), []).append(layer.node)
+        rows: list[tuple[str, list[str] | None]] = [(f"all {len(layers)} layers", None)]
+        rows += [(f"{label} ({len(nodes)})", nodes) for label, nodes in groups.items()]
         for label, only in rows:
             pruned, _ = prune_2_4(model, only=only)
             path = Path(tmp) / "pruned.onnx"
@@ -191,4 +207,13 @@ def _sensitivity(model_path: Path, calibration_dir: Path | None) -> None:  # pra
 
 
 if __name__ == "__main__":  # pragma: no cover
-    _sensitivity(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
+    import argparse
+
+    cli = argparse.ArgumentParser(prog="python -m engines.sparsity",
+                                  description="accuracy of 2:4 pruning against fp32, layer by layer")
+    cli.add_argument("model", type=Path)
+    cli.add_argument("calibration", type=Path, nargs="?", help="<model>/calibration (else synthetic inputs)")
+    cli.add_argument("--by", choices=("node", "kind", "block"), default="node",
+                     help="prune one node, one kind of node in every block, or one block at a time")
+    ns = cli.parse_args()
+    _sensitivity(ns.model, ns.calibration, ns.by)
