@@ -126,7 +126,7 @@ def prepare_artifact(
     accuracy = _report(entry)
     result = ArtifactResult(entry.file(ARTIFACT_FILE), spec, key, accuracy, hit, entry.build_seconds)
     if accuracy is not None:
-        check_gate(accuracy, thresholds, spec.label)
+        check_gate(accuracy, thresholds, spec.label if spec.sparsity else spec.precision)
     return result
 
 
