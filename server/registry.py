@@ -112,6 +112,8 @@ class ModelRegistry:
         """Drain and unload every model (in-flight requests finish first)."""
         with self._lock:
             entries = list(self._models.values())
+        # ensembles first: their in-flight requests finish while the composing models still serve
+        entries.sort(key=lambda e: not is_ensemble(e.source.config))
         for entry in entries:
             for mv in entry.versions.values():
                 mv.stop()

@@ -147,3 +147,21 @@ def test_an_ensemble_loads_after_its_composing_models_whatever_the_names(tmp_pat
         a = np.ones((1, 16), np.int32)
         response = _stub(handle).ModelInfer(chain_request(a, a, model="aa_outer"))
         assert np.array_equal(np.frombuffer(response.raw_output_contents[0], np.int32), np.full(16, 2))
+
+
+def test_the_thread_flavour_serves_ensembles_and_cache_hits(tmp_path: Path) -> None:
+    from apps_models import CHAIN, SIMPLE, write_ensemble
+
+    from support import write_model
+
+    write_model(tmp_path, "simple", SIMPLE)
+    write_ensemble(tmp_path, "chain", CHAIN + "response_cache { enable: true }\n")
+    with running_server(tmp_path, grpc_flavor="thread", response_cache_bytes=1 << 20) as handle:
+        stub = _stub(handle)
+        a = np.arange(16, dtype=np.int32).reshape(1, 16)
+        first = stub.ModelInfer(chain_request(a, a))
+        second = stub.ModelInfer(chain_request(a, a))
+        assert first.raw_output_contents == second.raw_output_contents
+        assert np.array_equal(np.frombuffer(first.raw_output_contents[0], np.int32), 2 * a.ravel())
+        stats = _stats(stub, "chain").inference_stats
+        assert stats.cache_hit.count == 1 and stats.cache_miss.count == 1
