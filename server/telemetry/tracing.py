@@ -278,9 +278,9 @@ class RequestTracer:
         t = parent.trace
         if t is None or self._pipeline is None:
             return
-        from .spans import make_parent
+        from opentelemetry.trace import SpanContext, TraceFlags
 
-        context = make_parent(t.trace_id, t.model_id, 1, None)
+        context = SpanContext(t.trace_id, t.model_id, False, TraceFlags(1))  # in process: not a remote parent
         step_trace = RequestTrace(self, context, next(self._numbers))
         step_trace.parent_number = t.number
         step.trace = step_trace

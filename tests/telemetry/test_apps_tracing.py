@@ -46,3 +46,29 @@ def test_an_ensemble_request_has_a_span_per_step_under_the_ensemble(tmp_path: Pa
         assert sum("CACHE_HIT" in names for names in events) == 1
         hit = cached[[("CACHE_HIT" in names) for names in events].index(True)]
         assert not [s for s in spans if s["traceId"] == hit["traceId"] and s["name"] == "simple"]  # no step ran
+
+
+def test_step_and_cache_hit_records_encode_exactly_like_their_spans() -> None:
+    """The file exporter's record encoder and the span factory agree on ensemble steps and cache hits."""
+    import json
+
+    from server.telemetry.otlp_json import RecordEncoder, encode_spans
+    from server.telemetry.records import RequestRecord
+    from server.telemetry.spans import SpanFactory
+
+    model = {"triton.model_name": "m", "triton.model_version": 1, "tensorgate.engine": "onnxruntime",
+             "tensorgate.precision": "FP32"}
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    ensemble_span = SpanContext(0xABC, 0x77, False, TraceFlags(1))
+    step = RequestRecord(0xABC, 1, 2, 3, ensemble_span, 9, "s", model, 1, 1000, 1100, 2000,
+                         2100, 2900, 3000, 0, 3500, 0, "OK", False, "tg-m-1-0", 1, 1, 0xF00, 0x99, 4, 0)
+    hit = step._replace(parent=None, parent_number=0, compute_start=0, input_end=0, output_start=0,
+                        compute_end=0, batch_id=0, instance="", cache_hit=1050)
+    factory = SpanFactory({}, "1.0")
+    direct = json.loads(RecordEncoder(factory).line([step, hit]))
+    assert direct == json.loads(encode_spans(factory.spans([step, hit])))
+    spans = direct["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert [s["name"] for s in spans] == ["m", "compute", "InferRequest", "m"]  # a step has no root of its own
+    assert spans[0]["parentSpanId"] == f"{0x77:016x}"
+    assert "CACHE_HIT" in [e["name"] for e in spans[3]["events"]]
