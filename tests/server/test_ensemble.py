@@ -165,3 +165,14 @@ def test_the_thread_flavour_serves_ensembles_and_cache_hits(tmp_path: Path) -> N
         assert np.array_equal(np.frombuffer(first.raw_output_contents[0], np.int32), 2 * a.ravel())
         stats = _stats(stub, "chain").inference_stats
         assert stats.cache_hit.count == 1 and stats.cache_miss.count == 1
+
+
+def test_tensorgate_build_passes_over_ensembles_and_tokenizers(tmp_path: Path) -> None:
+    from server.build import build_repository
+    from server.engine_factory import EngineSettings
+
+    repo = ensemble_repository(tmp_path / "repo")
+    rows = {r.model: r for r in build_repository(repo, [], EngineSettings(tmp_path / "cache"))}
+    assert rows["chain"].ok and rows["chain"].device == "ensemble"
+    assert rows["tokenizer"].ok and rows["tokenizer"].device == "tokenizer"
+    assert rows["simple"].ok
