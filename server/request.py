@@ -37,6 +37,7 @@ class InferRequest:
     __slots__ = (
         "arrival_ns",
         "batch_size",
+        "cache_entry",
         "cancelled",
         "compute_end_ns",
         "compute_input_end_ns",
@@ -91,3 +92,4 @@ class InferRequest:
         self.compute_end_ns = 0
         self.trace: Any = None
         self.waiter: Any = None  # the transport's future/event for this request
+        self.cache_entry: Any = None  # a response cache miss: (key, lookup ns), taken when it is delivered

@@ -21,7 +21,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,6 +106,20 @@ class ResponseCache:
         self.lookups = 0
         self._entries: collections.OrderedDict[bytes, tuple[Outputs, int]] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._sinks: weakref.WeakKeyDictionary[Any, _InsertSink] = weakref.WeakKeyDictionary()
+
+    def insert_sink(self, sink: CompletionSink | None) -> _InsertSink:
+        """The sink that inserts a missed request's answer, then hands it to ``sink`` (one per sink)."""
+        if sink is None:
+            return _InsertSink(None, self, weak=False)
+        try:
+            with self._lock:
+                wrapper = self._sinks.get(sink)
+                if wrapper is None:
+                    wrapper = self._sinks[sink] = _InsertSink(sink, self)
+        except TypeError:  # a sink that cannot be weakly referenced: one wrapper per request
+            wrapper = _InsertSink(sink, self, weak=False)
+        return wrapper
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -142,29 +157,38 @@ class ResponseCache:
 
 
 class _InsertSink:
-    """Wraps a missed request's sink: copies its outputs into the cache, then hands it on."""
+    """Stands in for a transport's sink: copies missed requests' outputs into the cache, then hands them on.
 
-    __slots__ = ("cache", "key", "lookup_ns", "sink")
+    One per transport sink (not per request), so a batch still reaches its transport in one hand-off.
+    It holds the transport's sink weakly: a stream that has ended drops its late answers.
+    """
 
-    def __init__(self, sink: CompletionSink | None, cache: ResponseCache, key: bytes, lookup_ns: int) -> None:
-        self.sink = sink
+    __slots__ = ("__weakref__", "cache", "sink")
+
+    def __init__(self, sink: CompletionSink | None, cache: ResponseCache, weak: bool = True) -> None:
+        self.sink: Callable[[], CompletionSink | None] = (
+            weakref.ref(sink) if sink is not None and weak else lambda: sink)
         self.cache = cache
-        self.key = key
-        self.lookup_ns = lookup_ns
 
     def deliver(self, requests: Sequence[InferRequest]) -> None:
         for r in requests:
+            entry = r.cache_entry
+            if entry is None:
+                continue
+            r.cache_entry = None
+            key, lookup_ns = entry
             start = _now()
             if r.error is None and r.outputs is not None:
                 try:
-                    self.cache.put(self.key, r.outputs)
+                    self.cache.put(key, r.outputs)
                 except Exception:  # a cache fault must never fail the request
                     log.exception("inserting into the response cache failed for model %s", r.model.name)
             scheduler = r.model.scheduler
             if scheduler is not None:
-                scheduler.statistics.record_cache_miss(self.lookup_ns + _now() - start)
-        if self.sink is not None:
-            self.sink.deliver(requests)
+                scheduler.statistics.record_cache_miss(lookup_ns + _now() - start)
+        sink = self.sink()
+        if sink is not None:
+            sink.deliver(requests)
 
 
 def submit_request(request: InferRequest, cache: ResponseCache | None) -> None:
@@ -192,5 +216,6 @@ def submit_request(request: InferRequest, cache: ResponseCache | None) -> None:
         if sink is not None:
             sink.deliver([request])
         return
-    request.sink = _InsertSink(request.sink, cache, key, _now() - start)
+    request.cache_entry = (key, _now() - start)
+    request.sink = cache.insert_sink(request.sink)
     scheduler.submit(request)
