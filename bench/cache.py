@@ -7,8 +7,8 @@ One server (its own process) serves the bench MLP twice: ``mlp`` with
 ``mlp_nocache``, the same model without it. A closed loop of ``concurrency``
 gRPC clients sends, for each hit rate, a mix of repeats of pre-warmed inputs
 (hits) and never-seen inputs (misses: a counter written into the first value),
-then the same load at 0 % against ``mlp_nocache`` (the cache's own cost on a
-miss). The server's ModelStatistics confirm the hit rate each row achieved.
+with the same load at 0 % against ``mlp_nocache`` before and after (the cache's
+own cost on a miss; the two bracket the order's effect). The server's ModelStatistics confirm the hit rate each row achieved.
 Ratios are against the 0 % row of the same run (the box is noisy: compare
 ratios, not absolute figures). It drives the server over the wire only.
 """
@@ -111,7 +111,8 @@ async def _measure(url: str, rates: Sequence[float], concurrency: int, seconds: 
             await stub.ModelInfer(inputs.request("mlp", raw))
         await _run(stub, inputs, "mlp_nocache", 0.0, concurrency, 1.0)  # warm the connection and ORT
         rows_out = []
-        for model, rate in [("mlp", r) for r in rates] + [("mlp_nocache", 0.0)]:
+        # the uncached twin before and after the cached rows: the order's own effect shows as their spread
+        for model, rate in [("mlp_nocache", 0.0)] + [("mlp", r) for r in rates] + [("mlp_nocache", 0.0)]:
             before = _cache_counts(sync_stub, model)
             result: dict[str, Any] = dict(await _run(stub, inputs, model, rate, concurrency, seconds))
             hits, misses = (a - b for a, b in zip(_cache_counts(sync_stub, model), before, strict=True))
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             args.rows, sync_stub))
         finally:
             server.stop()
-    base = rows[0]
+    base = rows[1]  # the cached model at 0 % hits
     print(f"MLP {MLP_SIZES}, {args.rows} row(s)/request, concurrency {args.concurrency}, {args.seconds:g} s per row")
     print(f"{'model':12s} {'hit rate':>8s} {'measured':>8s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
           f"{'req/s ratio':>11s} {'p50 ratio':>9s}")
