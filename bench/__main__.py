@@ -1,4 +1,4 @@
-"""`python -m bench`: the same as `tensorgate bench`."""
+"""`python -m tensorgate.bench`: the same as `tensorgate bench`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The response cache's worth: throughput and p50 at 0 %, 50 % and 100 % hit rates on the MLP, side by side.
 
-    python -m bench.cache [--seconds 5] [--concurrency 8] [--rows 1]
+    python -m tensorgate.bench.cache [--seconds 5] [--concurrency 8] [--rows 1]
 
 One server (its own process) serves the bench MLP twice: ``mlp`` with
 ``response_cache { enable: true }`` under ``--cache-config local,size=...``, and
@@ -28,8 +28,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .servers import start_tensorgate
 from .throughput import MLP_SIZES
@@ -44,7 +44,7 @@ parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
 
 
 def build_repository(root: Path) -> Path:
-    from server.demo.models import build_mlp
+    from tensorgate.server.demo.models import build_mlp
 
     for name, extra in (("mlp", "response_cache { enable: true }\n"), ("mlp_nocache", "")):
         build_mlp(root / name / "1" / "model.onnx", MLP_SIZES)
@@ -122,7 +122,7 @@ async def _measure(url: str, rates: Sequence[float], concurrency: int, seconds: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cache", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tensorgate.bench.cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per row (default 5)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--rows", type=int, default=1, help="rows per request (default 1)")

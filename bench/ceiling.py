@@ -1,6 +1,6 @@
 """In-process ONNX Runtime ceiling: how many inferences a second the engine alone does.
 
-    python -m bench.ceiling --model-file model.onnx --batch 1,16 --seconds 5 [--threads 1]
+    python -m tensorgate.bench.ceiling --model-file model.onnx --batch 1,16 --seconds 5 [--threads 1]
 
 Runs the same session the server would (CPU execution provider, the same
 thread settings) in a tight loop with random inputs of the right dtype, and
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions
+from tensorgate.engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions
 
 __all__ = ["measure_ceiling", "random_inputs"]
 

@@ -43,7 +43,7 @@ def ort_ceiling(model_file: Path, batches: Iterable[int], seconds: float, thread
     """
     batch_list = sorted({max(1, int(b)) for b in batches})
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.ceiling", "--model-file", str(model_file), "--batch",
+        [sys.executable, "-m", "tensorgate.bench.ceiling", "--model-file", str(model_file), "--batch",
          ",".join(map(str, batch_list)), "--seconds", str(seconds), "--threads", str(threads)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60 + 2 * seconds * len(batch_list),
     )

@@ -1,4 +1,4 @@
-"""`tensorgate bench` / `python -m bench`: load-test any KServe v2 / Triton gRPC server.
+"""`tensorgate bench` / `python -m tensorgate.bench`: load-test any KServe v2 / Triton gRPC server.
 
     tensorgate bench --url 127.0.0.1:8001 --model mlp --concurrency 1,8,32 --json out.json --csv out.csv
     tensorgate bench --url HOST:PORT --model mlp --request-rate 500,1000 --poisson
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from clients import InferenceServerError
+from tensorgate.clients import InferenceServerError
 
 from .inputs import parse_shapes
 from .runner import BenchConfig, BenchError, NullProgress, Progress, run_bench

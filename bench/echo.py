@@ -7,7 +7,7 @@ real model would send, built afresh per request, so a benchmark can compare a
 server against the cost of gRPC itself. Two flavours: grpc.aio and the
 thread-pool ``grpc.server``; which is faster depends on the client.
 
-    python -m bench.echo --flavor aio --port 9001 --like 127.0.0.1:8001 --model mlp
+    python -m tensorgate.bench.echo --flavor aio --port 9001 --like 127.0.0.1:8001 --model mlp
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import grpc
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 __all__ = ["EchoModel", "describe_model", "serve_aio", "serve_threads"]
 

@@ -1,6 +1,6 @@
 """GPU check: device discovery, pinned round trips, stream overlap, concurrent instances, TensorRT FP16/INT8 plans.
 
-Run on a machine with an NVIDIA GPU: ``python -m bench.gpu_check [--streams 4]``. Without a GPU it says
+Run on a machine with an NVIDIA GPU: ``python -m tensorgate.bench.gpu_check [--streams 4]``. Without a GPU it says
 why and exits 0 after the CPU-side checks; without TensorRT it says so and still checks the CUDA layer.
 The last thing printed is a short table of every check (ok / FAILED / skipped, with figures).
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.devices import GpuProbe, probe_gpus
+from tensorgate.engines.devices import GpuProbe, probe_gpus
 
 Row = tuple[str, str, str]  # check, status, detail
 
@@ -55,7 +55,7 @@ def check_discovery(probe: GpuProbe) -> str:
 
 
 def check_round_trips(streams: int, nbytes: int = 64 << 20) -> str:
-    from engines.tensorrt.cuda import DeviceBuffer, HostBuffer, Stream, memcpy_d2h, memcpy_h2d
+    from tensorgate.engines.tensorrt.cuda import DeviceBuffer, HostBuffer, Stream, memcpy_d2h, memcpy_h2d
 
     made: list[Any] = []
     try:
@@ -89,7 +89,7 @@ class _SpinKernel:
         from cuda.bindings import driver, nvrtc
         from cuda.bindings import runtime as rt
 
-        from engines.tensorrt.cuda import check
+        from tensorgate.engines.tensorrt.cuda import check
 
         try:
             err, prog = nvrtc.nvrtcCreateProgram(_SPIN_KERNEL.encode(), b"spin.cu", 0, [], [])
@@ -119,7 +119,7 @@ class _SpinKernel:
 
 def check_overlap(streams: int, spin_ms: float = 50.0) -> str:
     """A spin kernel on 1 stream vs on N streams at once: overlap makes N take about as long as 1."""
-    from engines.tensorrt.cuda import Stream
+    from tensorgate.engines.tensorrt.cuda import Stream
 
     spin = _SpinKernel()
     pool = [Stream() for _ in range(streams)]
@@ -151,8 +151,8 @@ def check_instances(count: int, batches: int = 20, spin_ms: float = 5.0, rows: i
     and device buffers from the buffer plan, running H2D copy -> GPU work -> D2H copy -> one stream sync per
     batch. N instances finishing in about the time of one proves the threads overlap on the GPU (cuda-python
     releases the GIL while a thread waits on its stream) and that the copies come back intact."""
-    from engines.tensorrt.buffers import InstanceBuffers, plan_buffers
-    from engines.tensorrt.cuda import Stream, memcpy_d2h, memcpy_h2d
+    from tensorgate.engines.tensorrt.buffers import InstanceBuffers, plan_buffers
+    from tensorgate.engines.tensorrt.cuda import Stream, memcpy_d2h, memcpy_h2d
 
     spin = _SpinKernel()
     f32 = np.dtype(np.float32)
@@ -210,7 +210,7 @@ def check_onnxruntime_providers() -> str:
 
 
 def _test_model(folder: Path) -> Path:
-    from server.demo.models import build_mlp
+    from tensorgate.server.demo.models import build_mlp
 
     model_dir = folder / "mlp"
     build_mlp(model_dir / "1" / "model.onnx", sizes=(256, 1024, 1024, 10))
@@ -231,13 +231,13 @@ def _time(fn: Callable[[], object], repeat: int = 50) -> float:
 
 
 def check_tensorrt(probe: GpuProbe, streams: int, rows: list[Row]) -> None:
-    from engines import TensorSpec
-    from engines.accuracy import AccuracyThresholds
-    from engines.cache import EngineCache
-    from engines.onnxruntime_engine import OnnxRuntimeEngine
-    from engines.pipeline import prepare_artifact
-    from engines.precision import PrecisionSpec
-    from engines.tensorrt import (
+    from tensorgate.engines import TensorSpec
+    from tensorgate.engines.accuracy import AccuracyThresholds
+    from tensorgate.engines.cache import EngineCache
+    from tensorgate.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from tensorgate.engines.pipeline import prepare_artifact
+    from tensorgate.engines.precision import PrecisionSpec
+    from tensorgate.engines.tensorrt import (
         BuildOptions,
         TensorRTEngine,
         compute_profiles,
@@ -309,7 +309,7 @@ def main() -> int:
     probe = probe_gpus()
     found = _check(rows, "device discovery", lambda: check_discovery(probe))
     if found:
-        from engines.tensorrt.cuda import set_device
+        from tensorgate.engines.tensorrt.cuda import set_device
 
         set_device(probe.devices[0].index)
         _check(rows, "pinned round trips", lambda: check_round_trips(args.streams))

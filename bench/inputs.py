@@ -22,8 +22,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from clients import AsyncInferenceClient, InferenceServerError, datatype_to_numpy, element_size, numpy_to_raw
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients import (
+    AsyncInferenceClient,
+    InferenceServerError,
+    datatype_to_numpy,
+    element_size,
+    numpy_to_raw,
+)
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from .shm import ShmPlan
 

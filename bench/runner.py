@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from clients import AsyncInferenceClient
+from tensorgate.clients import AsyncInferenceClient
 
 from . import ceilings
 from .inputs import build_requests, discover_model

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from clients import AsyncInferenceClient, InferenceServerError
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients import AsyncInferenceClient, InferenceServerError
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 __all__ = ["ServerStats", "StatsDelta"]
 

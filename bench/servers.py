@@ -83,13 +83,13 @@ class ServerProcess:
 def start_tensorgate(repository: Path, extra: Sequence[str] = ()) -> ServerProcess:
     port = free_port()
     # metrics on a free port too, so several servers can run side by side
-    cmd = [sys.executable, "-m", "server", "serve", "--model-repository", str(repository), "--grpc-port", str(port),
+    cmd = [sys.executable, "-m", "tensorgate.server", "serve", "--model-repository", str(repository), "--grpc-port", str(port),
            "--metrics-port", "0", *extra]
     return ServerProcess(cmd, port, "serving inference.GRPCInferenceService")
 
 
 def start_echo(flavor: str, like_url: str, model: str) -> ServerProcess:
     port = free_port()
-    cmd = [sys.executable, "-m", "bench.echo", "--flavor", flavor, "--port", str(port), "--like", like_url,
+    cmd = [sys.executable, "-m", "tensorgate.bench.echo", "--flavor", flavor, "--port", str(port), "--like", like_url,
            "--model", model]
     return ServerProcess(cmd, port, "echo (")

@@ -16,8 +16,8 @@ from multiprocessing import shared_memory
 
 import grpc
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 __all__ = ["EXTENSION", "ShmPlan"]
 

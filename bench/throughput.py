@@ -1,6 +1,6 @@
 """The throughput benchmark: tensorgate against its ceilings, measured side by side in one run.
 
-    python -m bench.throughput [--concurrency 1,8,32] [--window-ms 10000] [--delay-us 1000] [--json out.json]
+    python -m tensorgate.bench.throughput [--concurrency 1,8,32] [--window-ms 10000] [--delay-us 1000] [--json out.json]
 
 Model: an MLP 784->1024->1024->10 fp32 built with onnx.helper, max_batch_size 64,
 dynamic batching; batch-1 requests with random data; perf_analyzer 2.51 as the
@@ -56,7 +56,7 @@ def build_repository(root: Path, delay_us: int, instances: int, threads: int, ma
                      sizes: tuple[int, ...] = MLP_SIZES, preferred: int = 0, adaptive: bool = True,
                      no_op: bool = False) -> Path:
     """A repository with the model "mlp"; ``no_op``: the same inputs and outputs, no compute."""
-    from server.demo.models import build_first_columns, build_mlp
+    from tensorgate.server.demo.models import build_first_columns, build_mlp
 
     model_dir = root / "mlp"
     if no_op:
@@ -69,7 +69,7 @@ def build_repository(root: Path, delay_us: int, instances: int, threads: int, ma
 
 def _ceiling(model_file: Path, batches: list[int], seconds: float, threads: int) -> list[dict[str, float]]:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.ceiling", "--model-file", str(model_file), "--batch",
+        [sys.executable, "-m", "tensorgate.bench.ceiling", "--model-file", str(model_file), "--batch",
          ",".join(map(str, batches)), "--seconds", str(seconds), "--threads", str(threads)],
         capture_output=True, text=True, check=True, timeout=600,
     )

@@ -1,6 +1,6 @@
 """What tracing costs: throughput at concurrency 32 with tracing off, at rate 1, and without tracing code.
 
-    python -m bench.trace_overhead [--window-ms 4000] [--repeats 5] [--delay-us 1000] [--json out.json]
+    python -m tensorgate.bench.trace_overhead [--window-ms 4000] [--repeats 5] [--delay-us 1000] [--json out.json]
 
 Servers run side by side on the MLP repository of bench.throughput
 (784->1024->1024->10, max_batch_size 64, dynamic batching, one ORT instance):
@@ -39,8 +39,8 @@ from typing import Any
 
 import grpc
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .perf_analyzer import run_perf_analyzer
 from .servers import REPO_ROOT, ServerProcess, free_port, start_tensorgate
@@ -87,13 +87,13 @@ def _without_hooks(path: Path) -> tuple[Path, int]:
 def _start_from(tree: Path, repo: Path, extra: list[str]) -> ServerProcess:
     """A server importing its `server` package from ``tree`` (PYTHONPATH, and -P: not from the cwd)."""
     port = free_port()
-    cmd = ["env", f"PYTHONPATH={tree}", sys.executable, "-P", "-m", "server", "serve",
+    cmd = ["env", f"PYTHONPATH={tree}", sys.executable, "-P", "-m", "tensorgate.server", "serve",
            "--model-repository", str(repo), "--grpc-port", str(port), *extra]
     return ServerProcess(cmd, port, _READY)
 
 
 def _imported_from(tree: Path | None) -> str:
-    """Where `python -m server` imports the package from, started the way the server is (checked, not assumed)."""
+    """Where `python -m tensorgate.server` imports the package from, started the way the server is (checked, not assumed)."""
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree else dict(os.environ)
     cmd = [sys.executable, *(["-P"] if tree else []), "-c", "import server; print(server.__file__)"]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()

@@ -1,10 +1,10 @@
 """Does bench agree with Triton's perf_analyzer 2.51? Both against one tensorgate server, interleaved.
 
-    python -m bench.validate [--concurrency 1,8,32] [--window-ms 5000] [--rounds 2] [--json out.json]
+    python -m tensorgate.bench.validate [--concurrency 1,8,32] [--window-ms 5000] [--rounds 2] [--json out.json]
 
 Server: tensorgate on the throughput benchmark's repository (MLP 784->1024->1024->10, max_batch_size 64,
 1 ms queue delay). At each concurrency, in each round, perf_analyzer (sync mode, its default) and
-`python -m bench` each measure windows of the same length under the same stability rule (the last three
+`python -m tensorgate.bench` each measure windows of the same length under the same stability rule (the last three
 agree within 100 %, at most --max-windows; the last three merged), alternating which goes first. A round
 where perf_analyzer never settles (it then reports nothing) is left out of the medians. Each tool's CPU is its process's CPU time over
 its wall time (RUSAGE_CHILDREN, so start-up included); bench's own figure for its measurement windows is
@@ -49,7 +49,7 @@ def _perf(server: ServerProcess, concurrency: int, window_ms: int, windows: int)
 def _bench(server: ServerProcess, concurrency: int, window_ms: int, windows: int, extra: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        cmd = [sys.executable, "-m", "bench", "--url", server.url, "--model", "mlp", "--concurrency",
+        cmd = [sys.executable, "-m", "tensorgate.bench", "--url", server.url, "--model", "mlp", "--concurrency",
                str(concurrency), "--window-ms", str(window_ms), "--warmup-s", "2", "--stability-percentage", "100",
                "--max-windows", str(windows), "--quiet", "--json", str(out), *extra]
         cpu, wall, server_cpu = _children_cpu(), time.monotonic(), server.cpu_seconds()
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-windows", type=int, default=6,
                         help="both tools: stop when the last 3 windows agree within 100 %%, after this many at most")
     parser.add_argument("--delay-us", type=int, default=1000, help="the model's max_queue_delay_microseconds")
-    parser.add_argument("--bench-arg", action="append", default=[], help="extra `python -m bench` flag")
+    parser.add_argument("--bench-arg", action="append", default=[], help="extra `python -m tensorgate.bench` flag")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report = run(args)

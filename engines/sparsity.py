@@ -11,7 +11,7 @@ dense by name or glob pattern (``sparsity_exclude_nodes``). ONNX Runtime on a
 CPU runs the zeros as ordinary multiplications: pruning there costs accuracy
 and buys no speed, which is why the accuracy gate checks every pruned artifact.
 
-``python -m engines.sparsity MODEL.onnx [CALIBRATION_DIR] [--by node|kind|block]``
+``python -m tensorgate.engines.sparsity MODEL.onnx [CALIBRATION_DIR] [--by node|kind|block]``
 prunes one layer (or one kind of layer, or one block) at a time and prints its
 accuracy against fp32: which layers keep accuracy.
 """
@@ -209,7 +209,7 @@ def _sensitivity(model_path: Path, calibration_dir: Path | None, by: str = "node
 if __name__ == "__main__":  # pragma: no cover
     import argparse
 
-    cli = argparse.ArgumentParser(prog="python -m engines.sparsity",
+    cli = argparse.ArgumentParser(prog="python -m tensorgate.engines.sparsity",
                                   description="accuracy of 2:4 pruning against fp32, layer by layer")
     cli.add_argument("model", type=Path)
     cli.add_argument("calibration", type=Path, nargs="?", help="<model>/calibration (else synthetic inputs)")

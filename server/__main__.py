@@ -1,4 +1,4 @@
-"""`python -m server` is `tensorgate`."""
+"""`python -m tensorgate.server` is `tensorgate`."""
 
 import sys
 

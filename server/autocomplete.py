@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from clients.codec import CodecError, config_dtype_to_datatype, datatype_to_config_dtype
-from clients.pb import model_config_pb2 as mc
-from engines import TensorSpec
+from tensorgate.clients.codec import CodecError, config_dtype_to_datatype, datatype_to_config_dtype
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import TensorSpec
 
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "ConfigError", "complete_config", "model_can_batch"]
 

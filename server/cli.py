@@ -270,7 +270,7 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["bench"]:
-        from bench.cli import main as bench_main
+        from tensorgate.bench.cli import main as bench_main
 
         return bench_main(arguments[1:])
     parser = build_parser()

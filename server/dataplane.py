@@ -13,7 +13,7 @@ import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from .errors import InvalidArgumentError, NotFoundError, ServerError
 from .registry import ModelRegistry

@@ -19,22 +19,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clients.pb import model_config_pb2 as mc
-from engines import Engine, TensorSpec
-from engines.accuracy import AccuracyReport
-from engines.cache import DEFAULT_MAX_BYTES, EngineCache
-from engines.devices import GpuProbe, gpu_fingerprint, probe_gpus
-from engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
-from engines.pipeline import (
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import Engine, TensorSpec
+from tensorgate.engines.accuracy import AccuracyReport
+from tensorgate.engines.cache import DEFAULT_MAX_BYTES, EngineCache
+from tensorgate.engines.devices import GpuProbe, gpu_fingerprint, probe_gpus
+from tensorgate.engines.onnxruntime_engine import OnnxRuntimeEngine, OrtOptions, default_intra_op_threads
+from tensorgate.engines.pipeline import (
     ArtifactResult,
     EngineResult,
     ort_options_for_cached,
     prepare_artifact,
     prepare_ort_engine,
 )
-from engines.precision import PrecisionSpec
-from engines.tensorrt import BuildOptions, compute_profiles, distinct_devices, installed_tensorrt_version
-from engines.tensorrt.builder import sparse_capable
+from tensorgate.engines.precision import PrecisionSpec
+from tensorgate.engines.tensorrt import (
+    BuildOptions,
+    compute_profiles,
+    distinct_devices,
+    installed_tensorrt_version,
+)
+from tensorgate.engines.tensorrt.builder import sparse_capable
 
 from .autocomplete import DEFAULT_CPU_INSTANCES, DEFAULT_MAX_BATCH_SIZE
 from .engine_options import EngineOptions, OptionError, parse_engine_options
@@ -197,7 +202,7 @@ def _cache(settings: EngineSettings, needed: bool) -> EngineCache | None:
 def _input_specs(model_file: Path) -> list[TensorSpec]:
     import onnx
 
-    from engines.precision import model_inputs
+    from tensorgate.engines.precision import model_inputs
 
     model = onnx.load(str(model_file), load_external_data=False)
     return [TensorSpec(name, dtype.name, dims) for name, dtype, dims in model_inputs(model)]
@@ -206,7 +211,7 @@ def _input_specs(model_file: Path) -> list[TensorSpec]:
 def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path, config: mc.ModelConfig,
                  options: EngineOptions, placement: Placement, probe: GpuProbe,
                  progress: Progress | None) -> tuple[list[EngineResult], dict[int, Path], BuildOptions]:
-    from engines.tensorrt import prepare_trt_plan
+    from tensorgate.engines.tensorrt import prepare_trt_plan
 
     inputs = _input_specs(model_file)
     batching = config.max_batch_size or (
@@ -293,7 +298,7 @@ def create_engine(
     summary, parameters = _describe(name, version, prepared)
     placement = prepared.placement
     if placement.device == "gpu":
-        from engines.tensorrt import TensorRTEngine
+        from tensorgate.engines.tensorrt import TensorRTEngine
 
         assert prepared.build_options is not None
         trt_engine = TensorRTEngine(prepared.plans, prepared.build_options.profiles, placement.instance_gpus)

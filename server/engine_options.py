@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from clients.pb import model_config_pb2 as mc
-from engines.accuracy import AccuracyThresholds
-from engines.precision import PrecisionSpec
-from engines.tensorrt.builder import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE
-from engines.tensorrt.profiles import parse_shapes
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines.accuracy import AccuracyThresholds
+from tensorgate.engines.precision import PrecisionSpec
+from tensorgate.engines.tensorrt.builder import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE
+from tensorgate.engines.tensorrt.profiles import parse_shapes
 
 __all__ = ["EngineOptions", "TrtOptions", "parse_engine_options"]
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.codec import CodecError
-from clients.pb import model_config_pb2 as mc
+from tensorgate.clients.codec import CodecError
+from tensorgate.clients.pb import model_config_pb2 as mc
 
 from .engine_factory import LoadError
 from .ensemble_plan import ENSEMBLE_PLATFORM, EnsemblePlan, EnsembleStep, plan_ensemble

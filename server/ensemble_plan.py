@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clients.codec import config_dtype_to_datatype
-from clients.pb import model_config_pb2 as mc
+from tensorgate.clients.codec import config_dtype_to_datatype
+from tensorgate.clients.pb import model_config_pb2 as mc
 
 from .engine_factory import LoadError
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clients.codec import config_dtype_to_datatype, datatype_to_numpy, element_size
-from clients.pb import model_config_pb2 as mc
-from engines import Engine, EngineError, EngineInstance, EngineLoadError
+from tensorgate.clients.codec import config_dtype_to_datatype, datatype_to_numpy, element_size
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import Engine, EngineError, EngineInstance, EngineLoadError
 
 from .autocomplete import ConfigError, complete_config
 from .engine_factory import EngineSettings, LoadError, create_engine

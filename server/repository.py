@@ -18,7 +18,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from clients.pb import model_config_pb2 as mc
+from tensorgate.clients.pb import model_config_pb2 as mc
 
 __all__ = ["DEFAULT_MODEL_FILENAME", "ModelSource", "read_model_source", "scan_repository", "select_versions"]
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.codec import numpy_to_raw
+from tensorgate.clients.codec import numpy_to_raw
 
 if TYPE_CHECKING:
     from .request import CompletionSink, InferRequest

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.pb import model_config_pb2 as mc
-from engines import EngineError, EngineInstance
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import EngineError, EngineInstance
 
 from .errors import DeadlineExceededError, InternalError, QueueFullError, UnavailableError
 from .request import InferRequest

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import model_config_pb2 as mc
-from engines.base import EngineLoadError
-from engines.tokenizer_engine import TOKENIZER_BACKEND, TokenizerEngine, TokenizerOptions
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines.base import EngineLoadError
+from tensorgate.engines.tokenizer_engine import TOKENIZER_BACKEND, TokenizerEngine, TokenizerOptions
 
 from .engine_factory import LoadedEngine, LoadError
 from .errors import InvalidArgumentError

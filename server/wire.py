@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from clients.codec import CodecError, contents_to_numpy, numpy_to_raw, raw_to_numpy
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.codec import CodecError, contents_to_numpy, numpy_to_raw, raw_to_numpy
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from .errors import InvalidArgumentError
 from .request import InferRequest, RequestedOutput

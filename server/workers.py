@@ -60,7 +60,7 @@ def spawn_workers(argv: Sequence[str], count: int, repository: Path, port: int,
         args = args[1:]
     children = []
     for index in range(count):
-        cmd = [sys.executable, "-m", "server", "serve", *args, "--model-repository", str(repository),
+        cmd = [sys.executable, "-m", "tensorgate.server", "serve", *args, "--model-repository", str(repository),
                "--grpc-port", str(port), "--workers", "1", "--reuse-port"]
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert child.stdout is not None

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.pb import grpc_service_pb2 as pb
 from support import write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 T = pb.ModelInferRequest.InferInputTensor
 

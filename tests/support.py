@@ -15,10 +15,10 @@ from pathlib import Path
 
 import grpc
 
-from server.app import InferenceServer
-from server.demo.models import build_add_sub, build_mlp
-from server.settings import ServerSettings
-from server.telemetry import TelemetrySettings
+from tensorgate.server.app import InferenceServer
+from tensorgate.server.demo.models import build_add_sub, build_mlp
+from tensorgate.server.settings import ServerSettings
+from tensorgate.server.telemetry import TelemetrySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def serve_subprocess(repository: Path | None, *extra: str, env: dict[str, str] |
                      timeout: float = 180) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`tensorgate serve` in its own process; yields (process, port) once it prints its ready lines."""
     port = free_port()
-    cmd = [sys.executable, "-m", "server", "serve", "--grpc-port", str(port), *extra]
+    cmd = [sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", str(port), *extra]
     if repository is not None:
         cmd += ["--model-repository", str(repository)]
     proc = subprocess.Popen(

@@ -17,7 +17,7 @@ def test_generated_code_is_up_to_date() -> None:
 
 
 def test_service_has_all_twenty_rpcs() -> None:
-    from clients.pb import grpc_service_pb2 as pb
+    from tensorgate.clients.pb import grpc_service_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from server.demo.minilm_weights import MiniLMFiles, locate_minilm_files
+from tensorgate.server.demo.minilm_weights import MiniLMFiles, locate_minilm_files
 
 __all__ = [
     "EMBEDDING_DIM",

@@ -34,7 +34,7 @@ from .metrics import family
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from engines import EngineInstance
+    from tensorgate.engines import EngineInstance
 
     from ..model import ModelVersion
     from ..registry import ModelRegistry
@@ -181,7 +181,7 @@ def drift_monitor(mv: ModelVersion, instance: EngineInstance | None) -> DriftMon
 
 
 def _reference(mv: ModelVersion, monitor: DriftMonitor, instance: EngineInstance) -> None:
-    from engines.calibration import load_calibration
+    from tensorgate.engines.calibration import load_calibration
 
     try:
         dtypes = {name: t.np_dtype for name, t in mv.inputs.items()}

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from ..errors import InvalidArgumentError
 from .options import LOG_FORMATS, TelemetrySettings

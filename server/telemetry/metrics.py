@@ -30,7 +30,7 @@ from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from engines.cache import STATS
+from tensorgate.engines.cache import STATS
 
 if TYPE_CHECKING:
     from ..registry import ModelRegistry

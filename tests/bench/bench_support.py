@@ -17,9 +17,9 @@ from typing import Any
 
 import grpc
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from clients.pb import model_config_pb2 as mc
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import model_config_pb2 as mc
 
 FAIL_MESSAGE = "toy server refuses every other request"
 

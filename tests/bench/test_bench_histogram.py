@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.histogram import LatencyHistogram
-from bench.stability import is_stable, spread
-from bench.window import ErrorCount, WindowSample, combine, merge_windows
+from tensorgate.bench.histogram import LatencyHistogram
+from tensorgate.bench.stability import is_stable, spread
+from tensorgate.bench.window import ErrorCount, WindowSample, combine, merge_windows
 
 
 def _latencies(n: int = 200_000, seed: int = 1) -> np.ndarray:

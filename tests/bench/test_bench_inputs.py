@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.inputs import ModelInfo, TensorSpec, build_requests, parse_shapes
-from clients import deserialize_bytes_tensor, raw_to_numpy
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.bench.inputs import ModelInfo, TensorSpec, build_requests, parse_shapes
+from tensorgate.clients import deserialize_bytes_tensor, raw_to_numpy
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 MODEL = ModelInfo(
     name="m", version="2",

@@ -11,11 +11,11 @@ import pytest
 from bench_support import QUICK
 from rich.console import Console
 
-from bench.cli import main
-from bench.compare import compare_reports
-from bench.compare import main as compare_main
-from bench.report import CSV_COLUMNS, print_report, write_csv, write_json
 from support import RunningServer
+from tensorgate.bench.cli import main
+from tensorgate.bench.compare import compare_reports
+from tensorgate.bench.compare import main as compare_main
+from tensorgate.bench.report import CSV_COLUMNS, print_report, write_csv, write_json
 
 
 def _level(concurrency: int, infer: float, p50: float) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def test_compare_two_runs(tmp_path: Path) -> None:
 
 def test_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from bench.plot import plot_report
+    from tensorgate.bench.plot import plot_report
 
     out = tmp_path / "run.png"
     plot_report(_report("a:1", [_level(1, 900, 1.0), _level(8, 1800, 4.0)]), out)

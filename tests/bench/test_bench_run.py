@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from bench_support import FAIL_MESSAGE, QUICK, toy_server
 
-from bench.cli import main
-from server.cli import main as tensorgate_main
 from support import RunningServer
+from tensorgate.bench.cli import main
+from tensorgate.server.cli import main as tensorgate_main
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.throughput import build_repository
+from tensorgate.bench.throughput import build_repository
 
 
 def _session(repo: Path) -> ort.InferenceSession:

@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import AsyncInferenceClient, InferenceServerError, InferInput, InferRequestedOutput
 from support import RunningServer
+from tensorgate.clients import AsyncInferenceClient, InferenceServerError, InferInput, InferRequestedOutput
 
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.full((1, 16), 5, dtype=np.int32)

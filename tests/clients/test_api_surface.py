@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import clients
+from tensorgate import clients
 
 
 def test_public_api() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from clients import (
+from tensorgate.clients import (
     DATATYPES,
     CodecError,
     InferInput,
@@ -21,7 +21,7 @@ from clients import (
     raw_to_numpy,
     serialize_bytes_tensor,
 )
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 FIXED: dict[str, npt.NDArray[Any]] = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),

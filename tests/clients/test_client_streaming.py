@@ -11,7 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import (
+from support import RunningServer
+from tensorgate.clients import (
     AsyncInferenceClient,
     InferenceClient,
     InferenceServerError,
@@ -19,7 +20,6 @@ from clients import (
     InferRequestedOutput,
     InferResult,
 )
-from support import RunningServer
 
 GOOD_IDS = ("s-0", "s-1", "s-3", "s-4")
 BAD_ID = "s-2"

@@ -8,11 +8,11 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import InferenceServerError, InferInput, InferRequestedOutput, serialize_bytes_tensor
-from clients._calls import call_options, stream_item, stream_request
-from clients._errors import rpc_errors
-from clients._infer import build_infer_request
-from clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients import InferenceServerError, InferInput, InferRequestedOutput, serialize_bytes_tensor
+from tensorgate.clients._calls import call_options, stream_item, stream_request
+from tensorgate.clients._errors import rpc_errors
+from tensorgate.clients._infer import build_infer_request
+from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 
 def two_inputs() -> list[InferInput]:

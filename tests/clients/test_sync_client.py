@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import InferenceClient, InferenceServerError, InferInput, InferRequestedOutput
 from support import RunningServer
+from tensorgate.clients import InferenceClient, InferenceServerError, InferInput, InferRequestedOutput
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
-from server.demo import minilm_weights
-from server.demo.minilm import (
+from tensorgate.server.demo import minilm_weights
+from tensorgate.server.demo.minilm import (
     EMBEDDING_DIM,
     MAX_SEQ_LENGTH,
     MiniLMFiles,

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server.demo.models import build_mlp, save_model
+from tensorgate.server.demo.models import build_mlp, save_model
 
 
 def _model(graph: onnx.GraphProto) -> onnx.ModelProto:

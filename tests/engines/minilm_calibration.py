@@ -60,7 +60,7 @@ SENTENCES = [
 
 def write_minilm_calibration(model_dir: Path, tokenizer_json: Path, batch: int = 8) -> list[Path]:
     """<model_dir>/calibration/NN.npz: input_ids and attention_mask of `batch` sentences each."""
-    from server.demo.minilm import MiniLMFiles, load_tokenizer
+    from tensorgate.server.demo.minilm import MiniLMFiles, load_tokenizer
 
     tok = load_tokenizer(MiniLMFiles(safetensors=tokenizer_json, tokenizer_json=tokenizer_json))
     folder = model_dir / "calibration"

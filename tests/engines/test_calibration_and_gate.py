@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from engine_models import mlp_model, write_calibration
 
-from engines import AccuracyGateError, CalibrationError, EngineLoadError
-from engines.accuracy import AccuracyReport, AccuracyThresholds, check_gate, measure_accuracy
-from engines.cache import STATS, EngineCache
-from engines.calibration import load_calibration
-from engines.pipeline import prepare_artifact, prepare_ort_engine
-from engines.precision import PrecisionSpec
+from tensorgate.engines import AccuracyGateError, CalibrationError, EngineLoadError
+from tensorgate.engines.accuracy import AccuracyReport, AccuracyThresholds, check_gate, measure_accuracy
+from tensorgate.engines.cache import STATS, EngineCache
+from tensorgate.engines.calibration import load_calibration
+from tensorgate.engines.pipeline import prepare_artifact, prepare_ort_engine
+from tensorgate.engines.precision import PrecisionSpec
 
 F32 = {"INPUT0": np.dtype(np.float32)}
 
@@ -86,7 +86,7 @@ def test_pipeline_artifacts_run_within_expected_error(model_dir: Path, tmp_path:
     artifact = prepare_artifact(cache, model_dir / "1" / "model.onnx", spec, AccuracyThresholds(min_cosine), True)
     assert artifact.accuracy is not None and artifact.accuracy.min_cosine >= min_cosine
     assert artifact.accuracy.source == ("holdout" if spec.needs_calibration else "calibration")
-    from engines.onnxruntime_engine import OrtOptions
+    from tensorgate.engines.onnxruntime_engine import OrtOptions
 
     engine = prepare_ort_engine(cache, artifact, OrtOptions())
     x = np.random.default_rng(9).standard_normal((16, 64)).astype(np.float32)

@@ -9,11 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import EngineLoadError, TensorSpec
-from engines.cache import cache_key
-from engines.devices import GpuDevice, GpuProbe, cpu_fingerprint, fingerprint_id, gpu_fingerprint, probe_gpus
-from engines.devices import cpu_info as read_cpu_info
-from engines.tensorrt import (
+from tensorgate.engines import EngineLoadError, TensorSpec
+from tensorgate.engines.cache import cache_key
+from tensorgate.engines.devices import (
+    GpuDevice,
+    GpuProbe,
+    cpu_fingerprint,
+    fingerprint_id,
+    gpu_fingerprint,
+    probe_gpus,
+)
+from tensorgate.engines.devices import cpu_info as read_cpu_info
+from tensorgate.engines.tensorrt import (
     BuildOptions,
     InputProfile,
     compute_profiles,
@@ -24,7 +31,7 @@ from engines.tensorrt import (
     plan_buffers,
     trt_plan_fields,
 )
-from engines.tensorrt.buffers import ALIGNMENT
+from tensorgate.engines.tensorrt.buffers import ALIGNMENT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 H100 = GpuDevice(0, "NVIDIA H100 80GB HBM3", (9, 0), 80 * 2**30, 132, "GPU-1")
@@ -176,7 +183,7 @@ def test_tensorrt_is_not_imported_without_a_gpu() -> None:
 def test_tensorrt_engine_cannot_load_without_a_gpu(tmp_path: Path) -> None:
     if PROBE.available:
         pytest.skip("this host has a GPU")
-    from engines.tensorrt import TensorRTEngine
+    from tensorgate.engines.tensorrt import TensorRTEngine
 
     with pytest.raises(EngineLoadError, match="TensorRT needs a GPU"):
         TensorRTEngine({0: tmp_path / "model.plan"}, [])
@@ -187,7 +194,14 @@ def test_tensorrt_engine_cannot_load_without_a_gpu(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @NEEDS_GPU
 def test_pinned_round_trip_on_a_stream() -> None:
-    from engines.tensorrt.cuda import DeviceBuffer, HostBuffer, Stream, memcpy_d2h, memcpy_h2d, set_device
+    from tensorgate.engines.tensorrt.cuda import (
+        DeviceBuffer,
+        HostBuffer,
+        Stream,
+        memcpy_d2h,
+        memcpy_h2d,
+        set_device,
+    )
 
     set_device(PROBE.devices[0].index)
     stream, host, back, dev = Stream(), HostBuffer(4096), HostBuffer(4096), DeviceBuffer(4096)
@@ -208,11 +222,11 @@ def test_tensorrt_fp16_plan_matches_onnxruntime(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="needs TensorRT (no wheel of its builder on PyPI)")
     from engine_models import mlp_model
 
-    from engines.accuracy import AccuracyThresholds
-    from engines.cache import EngineCache
-    from engines.pipeline import prepare_artifact
-    from engines.precision import PrecisionSpec
-    from engines.tensorrt import TensorRTEngine, prepare_trt_plan
+    from tensorgate.engines.accuracy import AccuracyThresholds
+    from tensorgate.engines.cache import EngineCache
+    from tensorgate.engines.pipeline import prepare_artifact
+    from tensorgate.engines.precision import PrecisionSpec
+    from tensorgate.engines.tensorrt import TensorRTEngine, prepare_trt_plan
 
     mlp_model(tmp_path / "m" / "1" / "model.onnx")
     cache = EngineCache(tmp_path / "cache")
@@ -237,7 +251,7 @@ def test_gpu_check_reports_every_check() -> None:
     on a GPU the CUDA layer (round trips, stream overlap, concurrent instances) must pass."""
     import re
 
-    out = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--streams", "2"], cwd=REPO_ROOT,
+    out = subprocess.run([sys.executable, "-m", "tensorgate.bench.gpu_check", "--streams", "2"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     table = out.stdout.split("gpu_check\n", 1)[1]

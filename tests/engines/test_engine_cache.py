@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.cache import MANIFEST, EngineCache, cache_key
+from tensorgate.engines.cache import MANIFEST, EngineCache, cache_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ def test_a_failed_build_leaves_nothing(tmp_path: Path) -> None:
 _CONCURRENT = """
 import sys, time
 from pathlib import Path
-from engines.cache import EngineCache, cache_key
+from tensorgate.engines.cache import EngineCache, cache_key
 root, log = Path(sys.argv[1]), Path(sys.argv[2])
 fields = {"model": "shared"}
 def build(folder):

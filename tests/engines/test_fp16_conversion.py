@@ -11,7 +11,7 @@ import pytest
 from engine_models import consumed_output_model, conv_model, mlp_model
 from onnx import TensorProto
 
-from engines.fp16 import convert_fp16, isolate_consumed_outputs
+from tensorgate.engines.fp16 import convert_fp16, isolate_consumed_outputs
 
 
 def _run(model: onnx.ModelProto | Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

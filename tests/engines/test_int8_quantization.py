@@ -11,7 +11,12 @@ import pytest
 from engine_models import conv_model, mlp_model
 from onnx import numpy_helper
 
-from engines.quantize import excluded_nodes, lint_trt_qdq, quantize_int8_dynamic, quantize_int8_static
+from tensorgate.engines.quantize import (
+    excluded_nodes,
+    lint_trt_qdq,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
 
 
 def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -57,7 +62,7 @@ def test_static_int8_follows_tensorrt_rules_and_stays_close(mlp: Path, tmp_path:
 def test_orts_default_settings_fail_the_lint(mlp: Path, tmp_path: Path) -> None:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from engines.calibration import FeedReader
+    from tensorgate.engines.calibration import FeedReader
 
     out = tmp_path / "default.onnx"
     quantize_static(str(mlp), str(out), FeedReader(_feeds("INPUT0", (8, 64))), quant_format=QuantFormat.QDQ)  # type: ignore[arg-type]

@@ -12,10 +12,10 @@ import pytest
 from engine_models import param, precision_config
 from minilm_calibration import SENTENCES, write_minilm_calibration
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.demo.minilm import build_minilm_onnx, load_tokenizer, locate_minilm_files
 from support import running_server
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.server.demo.minilm import build_minilm_onnx, load_tokenizer, locate_minilm_files
 
 FFN_OUTPUTS = "encoder.layer.*.output.dense.*"
 MINILM = 'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }, ' \
@@ -67,7 +67,7 @@ def test_minilm_int8_passes_a_098_cosine_gate(minilm_repo: tuple[Path, Path], tm
             )
             assert report["min_cosine"] >= 0.98, (name, report)
         # sentences the calibration never saw, against fp32 through the server
-        from server.demo.minilm import MiniLMFiles
+        from tensorgate.server.demo.minilm import MiniLMFiles
 
         tok = load_tokenizer(MiniLMFiles(tokenizer_json, tokenizer_json))
         unseen = [s.upper() for s in SENTENCES[:4]] + ["An entirely different sentence about trains."]

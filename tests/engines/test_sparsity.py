@@ -19,18 +19,18 @@ from engine_models import (
 )
 from onnx import numpy_helper
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from engines import AccuracyGateError, EngineLoadError
-from engines.accuracy import AccuracyThresholds
-from engines.cache import STATS, EngineCache
-from engines.devices import GpuDevice
-from engines.pipeline import prepare_artifact
-from engines.precision import PrecisionSpec
-from engines.sparsity import eligible_layers, is_2_4_sparse, prune_2_4, prune_weight
-from engines.tensorrt import BuildOptions
-from engines.tensorrt.builder import sparse_capable, trt_plan_fields
 from support import running_server
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.engines import AccuracyGateError, EngineLoadError
+from tensorgate.engines.accuracy import AccuracyThresholds
+from tensorgate.engines.cache import STATS, EngineCache
+from tensorgate.engines.devices import GpuDevice
+from tensorgate.engines.pipeline import prepare_artifact
+from tensorgate.engines.precision import PrecisionSpec
+from tensorgate.engines.sparsity import eligible_layers, is_2_4_sparse, prune_2_4, prune_weight
+from tensorgate.engines.tensorrt import BuildOptions
+from tensorgate.engines.tensorrt.builder import sparse_capable, trt_plan_fields
 
 A100 = GpuDevice(0, "NVIDIA A100-SXM4-40GB", (8, 0), 40 * 2**30, 108, "GPU-a")
 T4 = GpuDevice(1, "Tesla T4", (7, 5), 16 * 2**30, 40, "GPU-t")

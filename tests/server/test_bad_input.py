@@ -12,9 +12,9 @@ import numpy as np
 import psutil
 import pytest
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 from support import RunningServer, running_server
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 T = pb.ModelInferRequest.InferInputTensor
 OK = np.arange(32, dtype=np.int32).reshape(2, 16)

@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 from support import RunningServer, running_server, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 T = pb.ModelInferRequest.InferInputTensor
 SLOW = 'parameters { key: "adaptive_queue_delay" value: { string_value: "false" } }\n'

@@ -16,14 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
 
 from engine_models import mlp_repository_model, param, precision_config
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from clients.pb import model_config_pb2 as mc
-from engines.cache import STATS
-from engines.devices import probe_gpus
-from server.engine_factory import EngineSettings, create_engine
-from server.engine_options import parse_engine_options
 from support import REPO_ROOT, free_port, running_server
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines.cache import STATS
+from tensorgate.engines.devices import probe_gpus
+from tensorgate.server.engine_factory import EngineSettings, create_engine
+from tensorgate.server.engine_options import parse_engine_options
 
 NO_GPU = pytest.mark.skipif(probe_gpus().available, reason="checks the no-GPU path; this host has a GPU")
 TRT_FP16 = """
@@ -144,7 +144,7 @@ def test_second_start_is_a_cache_hit_and_faster(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tensorgate.server", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "COLUMNS": "200"})
 
 
@@ -162,7 +162,7 @@ def test_build_command_then_a_warm_server(tmp_path: Path) -> None:
     assert again.returncode == 0 and "1 ready (1 from the cache)" in again.stdout
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--grpc-port", str(port), "--model-repository", str(repo),
+        [sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", str(port), "--model-repository", str(repo),
          "--engine-cache-dir", str(cache)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from apps_models import chain_request, ensemble_repository, text_request
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 from support import RunningServer, running_server
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +168,8 @@ def test_the_thread_flavour_serves_ensembles_and_cache_hits(tmp_path: Path) -> N
 
 
 def test_tensorgate_build_passes_over_ensembles_and_tokenizers(tmp_path: Path) -> None:
-    from server.build import build_repository
-    from server.engine_factory import EngineSettings
+    from tensorgate.server.build import build_repository
+    from tensorgate.server.engine_factory import EngineSettings
 
     repo = ensemble_repository(tmp_path / "repo")
     rows = {r.model: r for r in build_repository(repo, [], EngineSettings(tmp_path / "cache"))}

@@ -8,11 +8,11 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from clients.pb import model_config_pb2 as mc
-from server.repository import read_model_source, select_versions
 from support import RunningServer, running_server, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.server.repository import read_model_source, select_versions
 
 
 def stub_for(handle: RunningServer) -> pb_grpc.GRPCInferenceServiceStub:

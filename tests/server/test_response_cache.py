@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from apps_models import CHAIN, SIMPLE, chain_request, write_ensemble
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.request import InferRequest, RequestedOutput
-from server.response_cache import CacheConfigError, ResponseCache, parse_cache_config, request_key
-from server.telemetry import TelemetrySettings
 from support import RunningServer, running_server, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.server.request import InferRequest, RequestedOutput
+from tensorgate.server.response_cache import CacheConfigError, ResponseCache, parse_cache_config, request_key
+from tensorgate.server.telemetry import TelemetrySettings
 
 T = pb.ModelInferRequest.InferInputTensor
 MLP = 'max_batch_size: 16\ndynamic_batching { }\nresponse_cache { enable: true }\n'

@@ -6,10 +6,10 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.dataplane import EXTENSIONS
 from support import RunningServer
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.server.dataplane import EXTENSIONS
 
 T = pb.ModelInferRequest.InferInputTensor
 
@@ -94,7 +94,7 @@ def test_classification_output(server: RunningServer) -> None:
         )
     )
     assert top.outputs[0].datatype == "BYTES" and list(top.outputs[0].shape) == [2, 3]
-    from clients.codec import deserialize_bytes_tensor
+    from tensorgate.clients.codec import deserialize_bytes_tensor
 
     labels = deserialize_bytes_tensor(top.raw_output_contents[0], 6).reshape(2, 3)
     for row in range(2):

@@ -18,12 +18,12 @@ import numpy.typing as npt
 import pytest
 from google.protobuf import text_format
 
-from clients.pb import model_config_pb2 as mc
-from engines import EngineRunError
-from server.errors import DeadlineExceededError, InternalError, QueueFullError
-from server.model import ModelVersion, TensorInfo
-from server.request import InferRequest, RequestedOutput
-from server.scheduler import Scheduler
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.engines import EngineRunError
+from tensorgate.server.errors import DeadlineExceededError, InternalError, QueueFullError
+from tensorgate.server.model import ModelVersion, TensorInfo
+from tensorgate.server.request import InferRequest, RequestedOutput
+from tensorgate.server.scheduler import Scheduler
 
 NOT_ADAPTIVE = 'parameters { key: "adaptive_queue_delay" value: { string_value: "false" } }'
 

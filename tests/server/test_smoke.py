@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 from support import RunningServer
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 
 def test_index_shows_broken_model_unavailable_and_others_ready(server: RunningServer) -> None:

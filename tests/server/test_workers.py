@@ -8,9 +8,9 @@ import grpc
 import numpy as np
 from test_rpcs import simple_request
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
 from support import serve_subprocess
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 
 def test_two_workers_share_the_port(test_repository: Path) -> None:

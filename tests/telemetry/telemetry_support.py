@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.telemetry import TelemetrySettings
 from support import RunningServer, running_server, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.server.telemetry import TelemetrySettings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

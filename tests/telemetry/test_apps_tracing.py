@@ -52,9 +52,9 @@ def test_step_and_cache_hit_records_encode_exactly_like_their_spans() -> None:
     """The file exporter's record encoder and the span factory agree on ensemble steps and cache hits."""
     import json
 
-    from server.telemetry.otlp_json import RecordEncoder, encode_spans
-    from server.telemetry.records import RequestRecord
-    from server.telemetry.spans import SpanFactory
+    from tensorgate.server.telemetry.otlp_json import RecordEncoder, encode_spans
+    from tensorgate.server.telemetry.records import RequestRecord
+    from tensorgate.server.telemetry.spans import SpanFactory
 
     model = {"triton.model_name": "m", "triton.model_version": 1, "tensorgate.engine": "onnxruntime",
              "tensorgate.precision": "FP32"}

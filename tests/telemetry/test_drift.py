@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from telemetry_support import T, samples, scrape, stub_for, value
 
-from clients.pb import grpc_service_pb2 as pb
-from server.telemetry import TelemetrySettings
-from server.telemetry.drift import DriftMonitor, psi
 from support import running_server, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.server.telemetry import TelemetrySettings
+from tensorgate.server.telemetry.drift import DriftMonitor, psi
 
 RNG = np.random.default_rng(7)
 

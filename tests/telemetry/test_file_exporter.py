@@ -16,11 +16,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from telemetry_support import simple_request, stub_for, traced_server
 
-from server.telemetry.file_exporter import FileSpanExporter
-from server.telemetry.otlp_json import RecordEncoder, encode_spans
-from server.telemetry.records import BatchRecord, RequestRecord
-from server.telemetry.records import Link as RecordLink
-from server.telemetry.spans import SpanFactory, make_parent
+from tensorgate.server.telemetry.file_exporter import FileSpanExporter
+from tensorgate.server.telemetry.otlp_json import RecordEncoder, encode_spans
+from tensorgate.server.telemetry.records import BatchRecord, RequestRecord
+from tensorgate.server.telemetry.records import Link as RecordLink
+from tensorgate.server.telemetry.spans import SpanFactory, make_parent
 
 _IDS = ("traceId", "spanId", "parentSpanId")
 

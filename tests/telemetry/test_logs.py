@@ -14,10 +14,10 @@ import grpc
 import pytest
 from telemetry_support import TRACE_ID, TRACEPARENT, failing_request, simple_request, stub_for, wait_for
 
-from clients.pb import grpc_service_pb2 as pb
-from clients.pb import grpc_service_pb2_grpc as pb_grpc
-from server.telemetry.logs import LOGS, LogControl, model_state, request_fields
 from support import RunningServer, serve_subprocess
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.server.telemetry.logs import LOGS, LogControl, model_state, request_fields
 
 
 @pytest.fixture()

@@ -25,10 +25,10 @@ from telemetry_support import (
     write_failing_model,
 )
 
-from clients.pb import grpc_service_pb2 as pb
-from server.telemetry import TelemetrySettings
-from server.telemetry.metrics import GpuCollector
 from support import RunningServer, running_server, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.server.telemetry import TelemetrySettings
+from tensorgate.server.telemetry.metrics import GpuCollector
 
 LIMITED = BATCHING.replace('name: "simple"', 'name: "limited"').replace(
     "dynamic_batching { max_queue_delay_microseconds: 300000 }",

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from clients.pb import grpc_service_pb2 as pb
-from server.cli import build_parser
-from server.errors import InvalidArgumentError
-from server.telemetry.options import (
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.server.cli import build_parser
+from tensorgate.server.errors import InvalidArgumentError
+from tensorgate.server.telemetry.options import (
     DEFAULT_OTLP_HTTP_URL,
     TraceConfig,
     parse_trace_config,
     telemetry_settings_from_args,
 )
-from server.telemetry.trace_settings import Sampler, TraceSettings
+from tensorgate.server.telemetry.trace_settings import Sampler, TraceSettings
 
 
 def test_defaults_are_tritons() -> None:

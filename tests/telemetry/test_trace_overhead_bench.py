@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.trace_overhead import _without_hooks
+from tensorgate.bench.trace_overhead import _without_hooks
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = ("servicer.py", "servicer_sync.py", "scheduler.py", "async_scheduler.py")

@@ -29,10 +29,10 @@ from telemetry_support import (
     value,
 )
 
-from clients.pb import grpc_service_pb2 as pb
-from server.errors import ServerError
-from server.servicer import _STATUS
-from server.telemetry import tracing
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.server.errors import ServerError
+from tensorgate.server.servicer import _STATUS
+from tensorgate.server.telemetry import tracing
 
 EVENTS_MODEL = ["REQUEST_START", "QUEUE_START", "REQUEST_END"]
 EVENTS_COMPUTE = ["COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_END"]
