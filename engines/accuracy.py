@@ -41,6 +41,8 @@ __all__ = [
 DEFAULT_MIN_COSINE = {"FP32": 0.999, "FP16": 0.999, "INT8": 0.99}
 
 Runner = Callable[[Feed, Sequence[str]], Sequence[npt.NDArray[Any]]]
+DEFAULT_MIN_COSINE = {"FP16": 0.999, "INT8": 0.99}
+SPARSE_MIN_COSINE = 0.99  # a 2:4 pruned artifact (any precision) is held to at least this by default
 
 
 class AccuracyGateError(EngineLoadError):
@@ -62,8 +64,11 @@ class AccuracyThresholds:
     min_top1: float | None = None
 
     @classmethod
-    def defaults(cls, precision: str) -> AccuracyThresholds:
-        return cls(min_cosine=DEFAULT_MIN_COSINE.get(precision))
+    def defaults(cls, precision: str, sparse: bool = False) -> AccuracyThresholds:
+        cosine = DEFAULT_MIN_COSINE.get(precision)
+        if sparse:
+            cosine = SPARSE_MIN_COSINE if cosine is None else min(cosine, SPARSE_MIN_COSINE)
+        return cls(min_cosine=cosine)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def prepare_artifact(
         EngineLoadError: building failed.
     """
     digest = model_digest(model_path)
-    if spec.precision == "FP32":
+    if spec.is_fp32_model:
         return ArtifactResult(model_path, spec, f"fp32-{digest}")
     model_dir = Path(model_path).parent.parent
     fields = artifact_fields(digest, spec, model_dir, batching)
@@ -130,7 +130,7 @@ def prepare_artifact(
     accuracy = _report(entry)
     result = ArtifactResult(entry.file(ARTIFACT_FILE), spec, key, accuracy, hit, entry.build_seconds)
     if accuracy is not None:
-        check_gate(accuracy, thresholds, spec.precision)
+        check_gate(accuracy, thresholds, spec.label if spec.sparsity else spec.precision)
     return result
 
 

@@ -4,6 +4,8 @@
     FP16  fp16 compute, fp32 inputs and outputs (engines/fp16.py)
     INT8  static: calibrated, TensorRT-valid Q/DQ (engines/quantize.py); runs on ORT CPU and TensorRT
           dynamic: weights int8, activations per batch; ORT CPU only
+    +2:4  (``sparsity``, with any of the three) weight matrices pruned 2:4 first (engines/sparsity.py),
+          then converted; the gate compares the result with the unpruned fp32 model
 
 ``build_artifact`` writes the artifact into a folder and measures it against
 fp32 on held-back calibration samples; the gate itself (thresholds) is applied
@@ -71,6 +73,8 @@ class PrecisionSpec:
         exclude_op_types: op types kept in float (INT8 only).
         int8_fp16_base: INT8 static only: everything outside the Q/DQ pairs in fp16 (for TensorRT, whose
             strongly typed INT8 engine otherwise runs those layers in fp32).
+        sparsity: "" (dense) or "2:4" (structured pruning before conversion).
+        sparsity_exclude_nodes: node names or glob patterns kept dense.
     """
 
     precision: str = "FP32"
@@ -78,8 +82,15 @@ class PrecisionSpec:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     int8_fp16_base: bool = False
+    sparsity: str = ""
+    sparsity_exclude_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from .sparsity import SPARSITY_PATTERNS
+
+        if self.sparsity and self.sparsity not in SPARSITY_PATTERNS:
+            raise EngineLoadError(f"sparsity must be one of {', '.join(SPARSITY_PATTERNS)} (or none), "
+                                  f"got '{self.sparsity}'")
         if self.precision not in PRECISIONS:
             raise EngineLoadError(f"precision_mode must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.int8_method not in INT8_METHODS:
@@ -87,8 +98,14 @@ class PrecisionSpec:
 
     @property
     def label(self) -> str:
-        """"FP32", "FP16", "INT8 static", "INT8 dynamic"."""
-        return f"INT8 {self.int8_method}" if self.precision == "INT8" else self.precision
+        """"FP32", "FP16", "INT8 static", "INT8 dynamic", each with " 2:4 sparse" when pruned."""
+        base = f"INT8 {self.int8_method}" if self.precision == "INT8" else self.precision
+        return f"{base} {self.sparsity} sparse" if self.sparsity else base
+
+    @property
+    def is_fp32_model(self) -> bool:
+        """The artifact is the model file itself (dense FP32): nothing to build."""
+        return self.precision == "FP32" and not self.sparsity
 
     @property
     def needs_calibration(self) -> bool:
@@ -132,7 +149,7 @@ def artifact_fields(model_sha256: str, spec: PrecisionSpec, model_dir: Path, bat
         The cache key fields.
     """
     files = calibration_files(model_dir)
-    return {
+    fields = {
         "schema": f"artifact/{PIPELINE_VERSION}",
         "model_sha256": model_sha256,
         "precision": spec.precision,
@@ -145,6 +162,10 @@ def artifact_fields(model_sha256: str, spec: PrecisionSpec, model_dir: Path, bat
         "batching": batching,
         "tools": _tool_versions(),
     }
+    if spec.sparsity:  # only then, so the keys of dense artifacts stay what they were
+        fields["sparsity"] = spec.sparsity
+        fields["sparsity_exclude_nodes"] = list(spec.sparsity_exclude_nodes)
+    return fields
 
 
 def model_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
@@ -217,8 +238,20 @@ def build_artifact(
     work = out_dir.parent / f"{out_dir.name}.work"
     work.mkdir(exist_ok=True)
     facts: dict[str, Any] = {"precision": spec.label}
+    source = Path(model_path)
     try:
-        if spec.precision == "FP16":
+        if spec.sparsity:
+            from .sparsity import prune_2_4
+
+            step(f"{spec.sparsity} structured pruning")
+            model, layers = prune_2_4(model, spec.sparsity_exclude_nodes)
+            source = work / "pruned.onnx"
+            onnx.save(model, str(source if spec.precision != "FP32" else out))
+            facts["sparsity"] = {"pattern": spec.sparsity, "pruned": [x.node for x in layers if x.pruned],
+                                 "dense": {x.node: x.reason for x in layers if not x.pruned}}
+        if spec.precision == "FP32":
+            pass  # the pruned model is the artifact
+        elif spec.precision == "FP16":
             from .fp16 import convert_fp16
 
             step("fp16 conversion")
@@ -229,7 +262,7 @@ def build_artifact(
             assert calibration is not None
             step(f"int8 calibration ({calibration.samples} samples)")
             facts.update(quantize_int8_static(
-                model_path, out, calibration.calibrate, exclude_nodes=spec.exclude_nodes,
+                source, out, calibration.calibrate, exclude_nodes=spec.exclude_nodes,
                 exclude_op_types=spec.exclude_op_types, work_dir=work, fp16_base=spec.int8_fp16_base,
             ))
         else:
@@ -237,7 +270,7 @@ def build_artifact(
 
             step("int8 dynamic quantization")
             facts.update(quantize_int8_dynamic(
-                model_path, out, exclude_nodes=spec.exclude_nodes, exclude_op_types=spec.exclude_op_types,
+                source, out, exclude_nodes=spec.exclude_nodes, exclude_op_types=spec.exclude_op_types,
                 work_dir=work,
             ))
     finally:

@@ -26,6 +26,7 @@ from .engine_factory import engine_settings
 from .http import Authorize, HttpEndpoint, policy_authorizer
 from .lifecycle import ModelControl
 from .registry import ModelRegistry
+from .response_cache import ResponseCache
 from .security.exposure import exposure_warning
 from .security.metrics import AccessCollector
 from .servicer import flush_log_summaries
@@ -85,6 +86,7 @@ class InferenceServer:
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
             strict_config=settings.strict_model_config,
             unload_timeout=settings.model_unload_timeout_secs,
+            response_cache=None if settings.response_cache_bytes is None else ResponseCache(settings.response_cache_bytes),
         )
         self.control = ModelControl(
             self.registry, settings.model_control_mode, settings.load_models, settings.repository_poll_secs,

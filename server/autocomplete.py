@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_MAX_BATCH_SIZE", "ConfigError", "complete_config", "model_ca
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 DEFAULT_CPU_INSTANCES = 2  # Triton's ORT backend: KIND_CPU without a count
 SUPPORTED_PLATFORMS = {"onnxruntime_onnx"}
-SUPPORTED_BACKENDS = {"onnxruntime"}
+SUPPORTED_BACKENDS = {"onnxruntime", "tokenizer"}  # tokenizer: server/tokenizer_model.py
 
 
 class ConfigError(ValueError):
@@ -119,14 +119,19 @@ def complete_config(
         raise ConfigError(
             f"backend '{config.backend}' is not supported; tensorgate runs {sorted(SUPPORTED_BACKENDS)}"
         )
-    config.platform = "onnxruntime_onnx"
-    config.backend = "onnxruntime"
+    if config.backend == "tokenizer":  # the built-in tokenizer kind has no platform
+        config.platform = ""
+    else:
+        config.platform = "onnxruntime_onnx"
+        config.backend = "onnxruntime"
     if config.max_batch_size < 0:
         raise ConfigError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
 
     scheduling = config.WhichOneof("scheduling_choice")
-    if scheduling in ("sequence_batching", "ensemble_scheduling"):
+    if scheduling == "sequence_batching":
         raise ConfigError(f"{scheduling} is not supported yet; use dynamic_batching or none")
+    if scheduling == "ensemble_scheduling":  # ensembles load through server/ensemble.py, never here
+        raise ConfigError("ensemble_scheduling needs platform 'ensemble'")
 
     can_batch = model_can_batch(inputs, outputs)
     if not max_batch_size_given and config.max_batch_size == 0 and can_batch:

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .engine_factory import EngineSettings
+from .ensemble_plan import is_ensemble
 from .model import ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
+from .tokenizer_model import is_tokenizer
 
 __all__ = ["BuildRow", "build_repository", "run_build"]
 
@@ -137,6 +139,10 @@ class _Steps:
 def _build_source(source: ModelSource, settings: EngineSettings, progress: Any | None) -> list[BuildRow]:
     if source.error:
         return [BuildRow(source.name, "-", error=source.error, warnings=tuple(source.warnings))]
+    if is_ensemble(source.config) or is_tokenizer(source.config):  # no engine file: nothing to build
+        kind = "ensemble" if is_ensemble(source.config) else "tokenizer"
+        return [BuildRow(source.name, str(v), precision="-", device=kind, cache="n/a",
+                         warnings=tuple(source.warnings)) for v in sorted(source.versions)]
     rows = []
     for version, model_file in sorted(source.versions.items()):
         steps = _Steps(progress, f"{source.name} v{version}")

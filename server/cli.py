@@ -108,6 +108,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     _add_engine_cache_flags(p)
     p.add_argument(
+        "--cache-config",
+        action="append",
+        default=[v for v in [_env("CACHE_CONFIG")] if v],
+        metavar="local,size=BYTES",
+        help="the response cache (Triton's flag): an LRU of responses bounded by BYTES, used by models whose "
+        "config has response_cache { enable: true } (default: no response cache)",
+    )
+    p.add_argument(
         "--strict-readiness",
         action="store_true",
         default=_env("STRICT_READINESS", "") in ("1", "true"),
@@ -328,6 +336,15 @@ def _demo_repository(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_bytes(values: list[str]) -> int | None:
+    from .response_cache import CacheConfigError, parse_cache_config
+
+    try:
+        return parse_cache_config(values)
+    except CacheConfigError as exc:
+        raise SystemExit(f"tensorgate serve: {exc}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .telemetry.logs import configure_logs
 
@@ -372,6 +389,7 @@ def _serve(args: argparse.Namespace) -> int:
         strict_model_config=args.strict_model_config,
         model_unload_timeout_secs=args.model_unload_timeout_secs,
         model_load_max_bytes=args.model_load_max_bytes,
+        response_cache_bytes=_cache_bytes(args.cache_config),
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))

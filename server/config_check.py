@@ -30,7 +30,8 @@ IMPLEMENTED = frozenset({
     "output.name", "output.data_type", "output.dims", "output.reshape", "output.label_filename",
     "instance_group.name", "instance_group.kind", "instance_group.count", "instance_group.gpus",
     "optimization.graph", "optimization.execution_accelerators",
-    "model_transaction_policy.decoupled=false", "response_cache.enable=false",
+    "model_transaction_policy.decoupled=false", "response_cache.enable=false", "response_cache.enable=true",
+    "ensemble_scheduling",
 })
 WARNINGS: dict[str, str] = {
     "runtime": "backends are not loaded from libraries; ONNX Runtime runs the model",
@@ -38,7 +39,6 @@ WARNINGS: dict[str, str] = {
     "metric_tags": "metrics carry the model and version labels only",
     "model_operations": "operation modes are not implemented",
     "model_metrics": "custom metric histograms are not implemented",
-    "response_cache.enable=true": "there is no response cache: every request is computed",
     "input.allow_ragged_batch": "requests with different shapes are never merged into one batch",
     "instance_group.rate_limiter": "there is no rate limiter: instances run whenever a batch is ready",
     "instance_group.profile": "TensorRT profiles come from trt_profile_*_shapes",
@@ -54,7 +54,6 @@ WARNINGS: dict[str, str] = {
 }
 ERRORS: dict[str, str] = {
     "sequence_batching": "the sequence batcher is not implemented (use dynamic_batching or none)",
-    "ensemble_scheduling": "ensembles are not implemented",
     "model_transaction_policy.decoupled=true": "decoupled models are not implemented",
     "model_repository_agents": "repository agents (which change the model files) are not implemented",
     "batch_input": "batch inputs are not implemented: the model would get different inputs",

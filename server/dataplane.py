@@ -212,14 +212,19 @@ class DataPlane:
             raise InvalidArgumentError(request.reason)
         arrival = time.monotonic_ns()
         mv = self.registry.resolve(request.model_name, request.model_version)
+        guard = mv.input_guard
+        if guard is not None:  # text models: cap the payload before decoding it
+            guard.before(mv.name, request)
         prepared = decode_request(mv, request, arrival, self.max_request_bytes, self.shm)
         prepared.version_named = bool(request.model_version)
+        if guard is not None:
+            guard.check(prepared)
         if time_remaining is not None:
             prepared.deadline_ns = arrival + int(time_remaining * 1e9)
         return prepared
 
     def submit(self, request: InferRequest) -> None:
-        """Queue a prepared request; its sink is told when it is done.
+        """Queue a prepared request (or answer it from the response cache); its sink is told when done.
 
         A rollout may retire the version a "latest" request resolved to between
         ``prepare`` and here: the request then goes to the version now serving
@@ -229,11 +234,14 @@ class DataPlane:
         if scheduler is None:
             raise UnavailableError(f"model '{request.model.name}' is not ready")
         try:
-            scheduler.submit(request)
-        except RetiredError:
+            self.registry.submit(request)
+        except RetiredError as retired:
             if request.version_named:
                 raise
-            successor = self.registry.resolve(request.model.name)
+            try:
+                successor = self.registry.resolve(request.model.name)
+            except ServerError:  # unloaded, not replaced: the request fails as retired (UNAVAILABLE)
+                raise retired from None
             if successor is request.model or (successor.inputs, successor.outputs) != (
                 request.model.inputs, request.model.outputs
             ):
@@ -241,7 +249,7 @@ class DataPlane:
             if successor.scheduler is None:
                 raise
             request.model = successor
-            successor.scheduler.submit(request)
+            self.registry.submit(request)
 
     def cancel(self, request: InferRequest) -> bool:
         """Drop a queued request whose client went away; False when it is already running."""

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tensorgate.clients.pb import model_config_pb2 as mc
@@ -46,6 +46,7 @@ from tensorgate.engines.tensorrt import (
     installed_tensorrt_version,
     profiles_needed,
 )
+from tensorgate.engines.tensorrt.builder import sparse_capable
 
 from .autocomplete import DEFAULT_CPU_INSTANCES, DEFAULT_MAX_BATCH_SIZE
 from .engine_options import EngineOptions, OptionError, parse_engine_options
@@ -252,13 +253,16 @@ def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path,
         max_shapes=options.trt.max_shapes, preferred_batch_sizes=list(config.dynamic_batching.preferred_batch_size),
     )
     build = BuildOptions(tuple(profiles), options.trt.workspace_bytes, options.trt.optimization_level,
-                         options.trt.hardware_compatibility, profiles_needed(placement.instance_gpus))
+                         options.trt.hardware_compatibility, profiles_needed(placement.instance_gpus),
+                         sparse_weights=bool(artifact.spec.sparsity))
     tensorrt = _tensorrt(probe)
     used = [d for d in probe.devices if d.index in set(placement.instance_gpus)]
     results: dict[str, EngineResult] = {}
     for dev in distinct_devices(used, tensorrt):  # identical GPUs share one plan
         fp = str(gpu_fingerprint(dev, tensorrt.version, tensorrt.cuda_major))
-        results[fp] = prepare_trt_plan(cache, artifact, dev, tensorrt, build, progress)
+        # sparse tensor cores: Ampere (8.0) and newer; elsewhere the flag is off (and so in the key)
+        options_here = replace(build, sparse_weights=build.sparse_weights and sparse_capable(dev))
+        results[fp] = prepare_trt_plan(cache, artifact, dev, tensorrt, options_here, progress)
     plans = {d.index: results[str(gpu_fingerprint(d, tensorrt.version, tensorrt.cuda_major))].path for d in used}
     return list(results.values()), plans, build
 
@@ -289,9 +293,9 @@ def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, s
     if placement.device == "cpu" and options.tensorrt_requested and options.gpu.precision != options.cpu.precision:
         log.info("model %s: the tensorrt accelerator's %s applies on GPUs; on the CPU it runs %s",
                  name, options.gpu.precision, options.cpu.precision)
-    cache = _cache(settings, needed=spec.precision != "FP32" or placement.device == "gpu")
+    cache = _cache(settings, needed=not spec.is_fp32_model or placement.device == "gpu")
     batching: bool | None = True if config.max_batch_size > 0 else None
-    thresholds = options.thresholds_for(spec.precision)
+    thresholds = options.thresholds_for(spec.precision, bool(spec.sparsity))
     if cache is None:
         artifact = ArtifactResult(model_file, spec, "fp32", cache_hit=True)
         return Prepared(placement, artifact, [], ort=ort_options(config), seconds=time.monotonic() - start)

@@ -4,7 +4,8 @@ Two places, as in Triton:
 
 * model-level ``parameters`` (every engine): ``precision_mode`` FP32|FP16|INT8,
   ``int8_method`` static|dynamic, ``accuracy_min_cosine``, ``accuracy_max_abs_error``,
-  ``accuracy_min_top1``, ``precision_exclude_nodes``, ``precision_exclude_op_types``;
+  ``accuracy_min_top1``, ``precision_exclude_nodes``, ``precision_exclude_op_types``,
+  ``sparsity`` (none | 2:4: structured pruning before conversion) and ``sparsity_exclude_nodes``;
 * Triton's ORT-TRT form, ``optimization { execution_accelerators {
   gpu_execution_accelerator [ { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }``,
   with ``max_workspace_size_bytes``, ``trt_builder_optimization_level``,
@@ -92,9 +93,9 @@ class EngineOptions:
     tensorrt_requested: bool = False
     trt: TrtOptions = field(default_factory=TrtOptions)
 
-    def thresholds_for(self, precision: str) -> AccuracyThresholds:
-        """The config's limits, with the precision's defaults where the config sets none."""
-        default = AccuracyThresholds.defaults(precision)
+    def thresholds_for(self, precision: str, sparse: bool = False) -> AccuracyThresholds:
+        """The config's limits, with the precision's (and pruning's) defaults where the config sets none."""
+        default = AccuracyThresholds.defaults(precision, sparse)
         t = self.thresholds
         return AccuracyThresholds(
             min_cosine=t.min_cosine if t.min_cosine is not None else default.min_cosine,
@@ -188,6 +189,12 @@ def parse_engine_options(config: mc.ModelConfig) -> EngineOptions:
         raise OptionError(f"int8_method must be static or dynamic, got '{method}'")
     nodes = _list(_string(config, "precision_exclude_nodes"))
     ops = _list(_string(config, "precision_exclude_op_types"))
+    sparsity = (_string(config, "sparsity") or "").lower()
+    if sparsity in ("", "none", "dense"):
+        sparsity = ""
+    elif sparsity != "2:4":
+        raise OptionError(f"sparsity must be 2:4 or none, got '{sparsity}'")
+    dense = _list(_string(config, "sparsity_exclude_nodes"))
     min_shapes = parse_shapes(trt_value("trt_profile_min_shapes") or "")
     opt_shapes = parse_shapes(trt_value("trt_profile_opt_shapes") or "")
     max_shapes = parse_shapes(trt_value("trt_profile_max_shapes") or "")
@@ -201,8 +208,9 @@ def parse_engine_options(config: mc.ModelConfig) -> EngineOptions:
                           f"{', '.join(HARDWARE_COMPATIBILITY_LEVELS)}, got '{hardware}'")
     fp16_base = _bool(trt_value("int8_fp16_base"), "int8_fp16_base", default=True)
     return EngineOptions(
-        cpu=PrecisionSpec(cpu_precision, method, nodes, ops),
-        gpu=PrecisionSpec(gpu_precision, method, nodes, ops, int8_fp16_base=fp16_base and method == "static"),
+        cpu=PrecisionSpec(cpu_precision, method, nodes, ops, sparsity=sparsity, sparsity_exclude_nodes=dense),
+        gpu=PrecisionSpec(gpu_precision, method, nodes, ops, int8_fp16_base=fp16_base and method == "static",
+                          sparsity=sparsity, sparsity_exclude_nodes=dense),
         thresholds=AccuracyThresholds(
             min_cosine=_float(_string(config, "accuracy_min_cosine"), "accuracy_min_cosine"),
             max_abs_error=_float(_string(config, "accuracy_max_abs_error"), "accuracy_max_abs_error"),

@@ -12,7 +12,9 @@ Exception tree (gRPC status in brackets)::
     ├── DeadlineExceededError      [DEADLINE_EXCEEDED]  timed out while queued; never computed
     ├── CancelledError             [CANCELLED]          the client went away
     ├── UnimplementedError         [UNIMPLEMENTED]      an RPC or feature not built (yet)
-    └── InternalError              [INTERNAL]           an engine failed; details only in the log
+    ├── InternalError              [INTERNAL]           an engine failed; details only in the log
+    └── StepFailedError            [INTERNAL]           an ensemble step's model failed; the message names
+                                                        the step and model, never the cause (the log has it)
 
 Messages of every class but the root and InternalError go to the client
 verbatim, so they must name the model, the tensor and what was expected, and
@@ -31,6 +33,7 @@ __all__ = [
     "QueueFullError",
     "RetiredError",
     "ServerError",
+    "StepFailedError",
     "UnavailableError",
     "UnimplementedError",
 ]
@@ -91,3 +94,9 @@ class InternalError(ServerError):
     """An engine or server fault: the client gets a generic message, the log the details."""
 
     public = False
+
+
+class StepFailedError(ServerError):
+    """An ensemble step failed inside its model: INTERNAL, with a message naming only the step and model."""
+
+    public = True

@@ -10,7 +10,7 @@ import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,9 +25,13 @@ from .repository import DEFAULT_MODEL_FILENAME
 from .scheduler import Scheduler
 from .telemetry.drift import drift_monitor
 from .telemetry.logs import model_state
+from .tokenizer_model import TextGuard, is_tokenizer, load_tokenizer_engine
 from .warmup import run_warmup
 
-__all__ = ["LoadError", "ModelState", "ModelVersion", "TensorInfo", "load_model_version"]
+if TYPE_CHECKING:
+    from .ensemble import EnsembleScheduler
+
+__all__ = ["LoadError", "ModelState", "ModelVersion", "TensorInfo", "load_model_version", "set_tensors"]
 
 log = logging.getLogger("tensorgate.model")
 
@@ -96,11 +100,13 @@ class ModelVersion:
         self.shape_checks: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self.max_batch_size = 0
         self.engine: Engine | None = None
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Scheduler | EnsembleScheduler | None = None
         self.warmup_runs = 0  # warm-up executions made before READY
         self.cache_hit = False  # the engine came from the engine cache (tensorgate build reports it)
         self.engine_kind = ""
         self.accuracy: AccuracyReport | None = None  # the precision artifact's figures vs fp32
+        self.response_cache = False  # response_cache { enable: true }: the server's cache answers repeats
+        self.input_guard: TextGuard | None = None  # text caps checked before decoding (tokenizer, ensembles)
 
     @property
     def ready(self) -> bool:
@@ -145,9 +151,12 @@ def load_model_version(
     log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
     instances: list[EngineInstance] = []
     try:
-        if not model_file.is_file():
+        if is_tokenizer(given):  # the built-in tokenizer kind: tokenizer.json instead of a model file
+            loaded, mv.input_guard = load_tokenizer_engine(model_file.parent, given)
+        elif not model_file.is_file():
             raise LoadError(f"version {version} has no model file {model_file.name}")
-        loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings(), progress)
+        else:
+            loaded = create_engine(name, version, model_file, given, engine_settings or EngineSettings(), progress)
         engine = loaded.engine
         mv.engine = engine
         mv.cache_hit = loaded.cache_hit
@@ -163,19 +172,7 @@ def load_model_version(
         )
         for key, value in loaded.parameters.items():  # precision and accuracy figures, shown by ModelConfig
             config.parameters[key].string_value = value
-        mv.config = config
-        mv.max_batch_size = config.max_batch_size
-        mv.inputs = {t.name: _tensor_info(t) for t in config.input}
-        offset = 1 if mv.batching else 0
-        mv.shape_checks = {
-            name: (len(t.dims) + offset, tuple((i + offset, d) for i, d in enumerate(t.dims) if d != -1))
-            for name, t in mv.inputs.items()
-        }
-        mv.outputs = {t.name: _tensor_info(t) for t in config.output}
-        for output in config.output:
-            labels = _read_labels(mv.path, output)
-            if labels is not None:
-                mv.labels[output.name] = labels
+        set_tensors(mv, config)
         count = loaded.instance_count or _instance_count(config)  # GPU engines: count per listed GPU
         instances = [engine.create_instance() for _ in range(count)]
         if config.model_warmup:
@@ -230,6 +227,24 @@ def _release(mv: ModelVersion, instances: list[EngineInstance]) -> None:
         except Exception:
             log.debug("closing the engine of %s failed", mv.name, exc_info=True)
         mv.engine = None
+
+
+def set_tensors(mv: ModelVersion, config: mc.ModelConfig) -> None:
+    """The effective config and what the request path reads from it, precomputed."""
+    mv.config = config
+    mv.max_batch_size = config.max_batch_size
+    mv.response_cache = config.response_cache.enable
+    mv.inputs = {t.name: _tensor_info(t) for t in config.input}
+    offset = 1 if mv.batching else 0
+    mv.shape_checks = {
+        name: (len(t.dims) + offset, tuple((i + offset, d) for i, d in enumerate(t.dims) if d != -1))
+        for name, t in mv.inputs.items()
+    }
+    mv.outputs = {t.name: _tensor_info(t) for t in config.output}
+    for output in config.output:
+        labels = _read_labels(mv.path, output)
+        if labels is not None:
+            mv.labels[output.name] = labels
 
 
 def _instance_count(config: mc.ModelConfig) -> int:

@@ -24,9 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .engine_factory import EngineSettings
+from .ensemble import load_ensemble
+from .ensemble_plan import is_ensemble
 from .errors import InvalidArgumentError, NotFoundError, UnavailableError
 from .model import ModelState, ModelVersion, load_model_version
 from .repository import ModelSource, scan_repository
+from .request import InferRequest
+from .response_cache import ResponseCache, submit_request
 
 __all__ = ["IndexEntry", "LoadFailedError", "ModelRegistry"]
 
@@ -76,9 +80,11 @@ class ModelRegistry:
         engine_settings: EngineSettings | None = None,
         strict_config: bool = False,
         unload_timeout: float = 30.0,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self.repository = repository
         self.engine_settings = engine_settings or EngineSettings()
+        self.response_cache = response_cache  # --cache-config; used by models with response_cache enabled
         self.strict_config = strict_config
         self.unload_timeout = unload_timeout
         self._models: dict[str, _ModelEntry] = {}
@@ -90,12 +96,26 @@ class ModelRegistry:
 
     def load_all(self, names: set[str] | None = None) -> None:
         """Scan the repository and load every model (or the named ones) the policies select."""
-        for source in scan_repository(self.repository, self.strict_config):
-            if names is None or source.name in names:
-                try:
-                    self.load(source)
-                except LoadFailedError:
-                    pass  # logged; the model is UNAVAILABLE with its reason, the others serve
+        sources = [s for s in scan_repository(self.repository, self.strict_config)
+                   if names is None or s.name in names]
+        # ensembles last, each after the ensembles it composes (Triton loads dependencies first)
+        order = [s for s in sources if not is_ensemble(s.config)]
+        waiting = [s for s in sources if is_ensemble(s.config)]
+        while waiting:
+            pending = {s.name for s in waiting}
+            ready = [s for s in waiting
+                     if not {step.model_name for step in s.config.ensemble_scheduling.step} & pending]
+            order += ready or waiting  # a cycle: load them anyway, each fails with its reason
+            waiting = [s for s in waiting if s not in (ready or waiting)]
+        for source in order:
+            try:
+                self.load(source)
+            except LoadFailedError:
+                pass  # logged; the model is UNAVAILABLE with its reason, the others serve
+
+    def submit(self, request: InferRequest) -> None:
+        """Queue a prepared request on its model, through the response cache when the model has one."""
+        submit_request(request, self.response_cache)
 
     def load(self, source: ModelSource, cleanup: Cleanup | None = None) -> list[ModelVersion]:
         """Build `source`'s version set beside the serving one and switch to it atomically.
@@ -124,6 +144,12 @@ class ModelRegistry:
         entry.loading = set(source.versions)
         try:
             for version, model_file in sorted(source.versions.items()):
+                if is_ensemble(source.config):
+                    built[version] = load_ensemble(
+                        source.name, version, model_file.parent, source.config, self.resolve, self.submit
+                    )
+                    entry.loading.discard(version)
+                    continue
                 built[version] = load_model_version(
                     source.name, version, model_file, source.config,
                     max_batch_size_given=source.max_batch_size_given, engine_settings=self.engine_settings,
@@ -131,6 +157,9 @@ class ModelRegistry:
                 entry.loading.discard(version)
         finally:
             entry.loading = set()
+        if self.response_cache is None and any(mv.response_cache for mv in built.values()):
+            log.warning("model %s enables response_cache but the server has no cache (--cache-config "
+                        "local,size=BYTES): every request is computed", source.name)
         failed = [mv for mv in built.values() if not mv.ready]
         reasons = "; ".join(f"version {mv.version}: {mv.reason}" for mv in failed)
         if failed and serving:
@@ -212,6 +241,8 @@ class ModelRegistry:
         """Drain and unload every model (in-flight requests finish first)."""
         with self._lock:
             entries = list(self._models.values())
+        # ensembles first: their in-flight requests finish while the composing models still serve
+        entries.sort(key=lambda e: not is_ensemble(e.source.config))
         for entry in entries:
             for mv in entry.versions.values():
                 mv.stop()

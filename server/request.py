@@ -46,6 +46,7 @@ class InferRequest:
     __slots__ = (
         "arrival_ns",
         "batch_size",
+        "cache_entry",
         "cancelled",
         "compute_end_ns",
         "compute_input_end_ns",
@@ -102,3 +103,4 @@ class InferRequest:
         self.trace: Any = None
         self.waiter: Any = None  # the transport's future/event for this request
         self.version_named = False  # the client named a version (else "latest", which a rollout may move)
+        self.cache_entry: Any = None  # a response cache miss: (key, lookup ns), taken when it is delivered

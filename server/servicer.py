@@ -29,6 +29,7 @@ from .errors import (
     NotFoundError,
     QueueFullError,
     ServerError,
+    StepFailedError,
     UnavailableError,
     UnimplementedError,
 )
@@ -56,6 +57,7 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (CancelledError, grpc.StatusCode.CANCELLED),
     (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (StepFailedError, grpc.StatusCode.INTERNAL),
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
 _SUMMARY = LogSummary(log)  # unexpected errors and queue-full rejections, summarised per kind

@@ -73,6 +73,7 @@ class ServerSettings:
         model_unload_timeout_secs: how long an unloading or replaced version's in-flight requests
             (queued ones included) may take before the rest fail with UNAVAILABLE.
         model_load_max_bytes: the most file-override bytes one RepositoryModelLoad may carry.
+        response_cache_bytes: the response cache's size (--cache-config local,size=BYTES); None: no cache.
     """
 
     model_repository: Path | None = None
@@ -107,6 +108,7 @@ class ServerSettings:
     @property
     def resolved_http_address(self) -> str:
         return self.http_address or self.grpc_address
+    response_cache_bytes: int | None = None
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -55,6 +55,8 @@ class ModelStatistics:
         self.compute_input = Duration()
         self.compute_infer = Duration()
         self.compute_output = Duration()
+        self.cache_hit = Duration()  # response cache: lookup + copy out, per hit
+        self.cache_miss = Duration()  # response cache: lookup + insertion, per miss
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference_ms = 0
@@ -89,6 +91,32 @@ class ModelStatistics:
             per_size.compute_infer.add(1, c_infer)
             per_size.compute_output.add(1, c_out)
 
+    def record_cache_hit(self, request: InferRequest, lookup_ns: int, end: int) -> None:
+        """A request answered from the response cache: a success and a queue entry, no compute (Triton)."""
+        wall_ms = time.time_ns() // 1_000_000
+        with self._lock:
+            self.success.add(1, end - request.arrival_ns)
+            self.queue.add(1, 0)
+            self.cache_hit.add(1, lookup_ns)
+            self.last_inference_ms = wall_ms
+
+    def record_cache_miss(self, ns: int) -> None:
+        with self._lock:
+            self.cache_miss.add(1, ns)
+
+    def record_ensemble(self, request: InferRequest, queue_ns: int, compute: Sequence[int], end: int) -> None:
+        """An ensemble request whose steps all succeeded: its steps' queue and compute times summed."""
+        wall_ms = time.time_ns() // 1_000_000
+        with self._lock:
+            self.success.add(1, end - request.arrival_ns)
+            self.queue.add(1, queue_ns)
+            self.compute_input.add(1, compute[0])
+            self.compute_infer.add(1, compute[1])
+            self.compute_output.add(1, compute[2])
+            self.inference_count += request.batch_size
+            self.execution_count += 1
+            self.last_inference_ms = wall_ms
+
     def record_failures(self, requests: Sequence[InferRequest], end: int, reason: str = "OTHER") -> None:
         """Requests that failed in the scheduler; reason: REJECTED, CANCELED, BACKEND or OTHER."""
         with self._lock:
@@ -115,6 +143,8 @@ class ModelStatistics:
             self.compute_input.to_pb(stats.compute_input)
             self.compute_infer.to_pb(stats.compute_infer)
             self.compute_output.to_pb(stats.compute_output)
+            self.cache_hit.to_pb(stats.cache_hit)
+            self.cache_miss.to_pb(stats.cache_miss)
             for size in sorted(self.batches):
                 entry = self.batches[size]
                 item = out.batch_stats.add(batch_size=size)

@@ -34,6 +34,7 @@ __all__ = [
     "distinct_devices",
     "hardware_level",
     "prepare_trt_plan",
+    "sparse_capable",
     "trt_plan_fields",
 ]
 
@@ -62,6 +63,7 @@ class BuildOptions:
             on a GPU (``profiles.assign_profiles``).
         detailed_profiling: ``ProfilingVerbosity.DETAILED``, so the engine inspector shows each layer's
             tactic and formats (``tensorgate doctor --full`` checks INT8 kernels with it).
+        sparse_weights: BuilderFlag.SPARSE_WEIGHTS (a 2:4 pruned artifact on a GPU with sparse tensor cores).
     """
 
     profiles: tuple[InputProfile, ...] = field(default_factory=tuple)
@@ -70,6 +72,7 @@ class BuildOptions:
     hardware_compatibility: str = "NONE"
     profile_copies: int = 1
     detailed_profiling: bool = False
+    sparse_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.hardware_compatibility not in HARDWARE_COMPATIBILITY_LEVELS:
@@ -81,7 +84,7 @@ class BuildOptions:
             raise EngineLoadError(f"a plan needs at least one optimization profile, got {self.profile_copies}")
 
     def key_fields(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "profiles": [[p.name, list(p.min), list(p.opt), list(p.max)] for p in self.profiles],
             "profile_copies": self.profile_copies,
             "workspace_bytes": self.workspace_bytes,
@@ -89,6 +92,14 @@ class BuildOptions:
             "hardware_compatibility": self.hardware_compatibility,
             **({"detailed_profiling": True} if self.detailed_profiling else {}),
         }
+        if self.sparse_weights:  # only when set: dense plans keep the keys they had
+            fields["sparse_weights"] = True
+        return fields
+
+
+def sparse_capable(device: GpuDevice) -> bool:
+    """Sparse tensor cores (2:4 structured sparsity): compute capability 8.0 (Ampere) and newer."""
+    return tuple(device.compute_capability) >= (8, 0)
 
 
 def trt_plan_fields(
@@ -223,6 +234,10 @@ def build_plan(trt: Any, logger: Any, onnx_path: Path, options: BuildOptions, ti
             config.hardware_compatibility_level = level
         if options.detailed_profiling:
             config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if options.sparse_weights:
+            flag = getattr(trt.BuilderFlag, "SPARSE_WEIGHTS", None)  # feature-detected, as the other flags
+            if flag is not None:
+                config.set_flag(flag)
         if options.profiles:
             for _ in range(options.profile_copies):  # one per concurrent execution context
                 profile = builder.create_optimization_profile()

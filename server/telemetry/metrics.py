@@ -14,7 +14,9 @@ before (unknown model, invalid input) is counted by neither.
 Also: the engine cache (``tensorgate_engine_cache_*``), host CPU and memory
 (``nv_cpu_*``), the server process (``process_*``), GPUs through NVML
 (``nv_gpu_*``, ``nv_energy_consumption``: the names perf_analyzer's
-``--collect-metrics`` reads) and model readiness.
+``--collect-metrics`` reads), model readiness, and the response cache
+(``nv_cache_*``: per model for models that enable it, plus the cache's own
+entries, lookups, evictions and utilisation).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tensorgate.engines.cache import STATS
 
 if TYPE_CHECKING:
     from ..registry import ModelRegistry
+    from ..response_cache import ResponseCache
 
 __all__ = ["FAILURE_REASONS", "EngineCacheCollector", "GpuCollector", "HostCollector", "ModelCollector",
            "family", "process_collector"]
@@ -58,6 +61,31 @@ _DURATIONS = (
 )
 
 
+# Triton's per-model response cache families (from cache_hit / cache_miss in ModelStatistics)
+_CACHE = (
+    ("nv_cache_num_hits_per_model", "cache_hit", "count", "Number of cache hits per model"),
+    ("nv_cache_num_misses_per_model", "cache_miss", "count", "Number of cache misses per model"),
+    ("nv_cache_hit_duration_per_model", "cache_hit", "us",
+     "Total cache hit duration per model, in microseconds"),
+    ("nv_cache_miss_duration_per_model", "cache_miss", "us",
+     "Total cache miss (lookup + insertion) duration per model, in microseconds"),
+)
+
+
+def _cache_families(cache: ResponseCache) -> Iterator[Metric]:
+    """The server-wide response cache: entries, lookups, evictions, utilisation."""
+    for name, doc, kind, value in (
+        ("nv_cache_num_entries", "Number of responses stored in the response cache", "gauge", len(cache)),
+        ("nv_cache_num_lookups", "Number of response cache lookups", "counter", cache.lookups),
+        ("nv_cache_num_evictions", "Number of response cache evictions", "counter", cache.evictions),
+        ("nv_cache_util", "Response cache utilization [0.0 - 1.0]", "gauge",
+         cache.used_bytes / cache.max_bytes if cache.max_bytes else 0.0),
+    ):
+        metric = family(name, doc, kind)
+        metric.add_sample(name, {}, float(value))
+        yield metric
+
+
 class ModelCollector(Collector):
     """Triton's per-model nv_inference_* families, from each ready version's ModelStatistics."""
 
@@ -80,6 +108,7 @@ class ModelCollector(Collector):
         queue_full = family("tensorgate_inference_queue_full_total", "Requests refused at once because the model's "
                             "queue was at max_queue_size (also in nv_inference_request_failure{reason=REJECTED})",
                             "counter")
+        cache = [(family(name, doc, "counter"), field, unit) for name, field, unit, doc in _CACHE]
         for entry in self._registry.index():
             if entry.version:
                 ready.add_sample("tensorgate_model_ready", {"model": entry.name, "version": entry.version},
@@ -102,7 +131,14 @@ class ModelCollector(Collector):
             queue_full.add_sample(queue_full.name, labels, getattr(stats, "queue_full", 0))
             for metric, field in durations:
                 metric.add_sample(metric.name, labels, getattr(infer, field).ns // 1000)
+            if mv.response_cache:
+                for metric, field, unit in cache:
+                    value = getattr(infer, field)
+                    metric.add_sample(metric.name, labels, value.count if unit == "count" else value.ns // 1000)
         yield from (success, failure, count, execs, pending, *(m for m, _ in durations), ready, queue_full)
+        if self._registry.response_cache is not None:
+            yield from (m for m, _, _ in cache)
+            yield from _cache_families(self._registry.response_cache)
 
 
 class EngineCacheCollector(Collector):

@@ -149,7 +149,7 @@ def encode_spans(spans: Sequence[ReadableSpan], pause_every: int = 0) -> str:
 _ROOT_ATTRIBUTES = _attributes({"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService"}) + ","
 _EVENT_NAMES = {name: _esc(name) for name in (
     "REQUEST_START", "QUEUE_START", "REQUEST_END", "COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START",
-    "COMPUTE_END")}
+    "COMPUTE_END", "CACHE_HIT")}
 
 
 class RecordEncoder:
@@ -198,22 +198,27 @@ class RecordEncoder:
         if parent is not None:
             caller = f',"parentSpanId":"{parent.span_id:016x}"'
             flags = 769 if parent.is_remote else 257  # sampled; OTLP's "parent is remote" bits
-        out.append(
-            f'{trace},"spanId":"{r.root_id:016x}"{state}{caller},"flags":{flags},"name":"InferRequest","kind":2,'
-            f'{times},"attributes":[{_ROOT_ATTRIBUTES}{_key("rpc.grpc.status_code")}{_value(r.code)}}},'
-            f'{_key("triton.request_id")}{request_id}}}]{status}'
-        )
-        extra = {"triton.trace_id": r.number, "triton.trace_parent_id": 0, "triton.request_id": r.request_id,
-                 "tensorgate.batch_size": r.rows}
+        model_parent = f"{r.root_id:016x}"
+        if r.parent_number and parent is not None:  # an ensemble step: under the ensemble's model span
+            model_parent = f"{parent.span_id:016x}"
+        else:
+            out.append(
+                f'{trace},"spanId":"{r.root_id:016x}"{state}{caller},"flags":{flags},"name":"InferRequest",'
+                f'"kind":2,{times},"attributes":[{_ROOT_ATTRIBUTES}{_key("rpc.grpc.status_code")}'
+                f'{_value(r.code)}}},{_key("triton.request_id")}{request_id}}}]{status}'
+            )
+        extra = {"triton.trace_id": r.number, "triton.trace_parent_id": r.parent_number,
+                 "triton.request_id": r.request_id, "tensorgate.batch_size": r.rows}
         if r.compute_start:
             extra["tensorgate.queue_us"] = (r.compute_start - r.arrival) // 1000
         if r.instance:
             extra["tensorgate.instance"] = r.instance
         out.append(
-            f'{trace},"spanId":"{r.model_id:016x}"{state},"parentSpanId":"{r.root_id:016x}","flags":257,'
+            f'{trace},"spanId":"{r.model_id:016x}"{state},"parentSpanId":"{model_parent}","flags":257,'
             f'"name":{_esc(r.model["triton.model_name"])},"kind":1,{times},'
             f'"attributes":[{self._model(r.model)},{_attributes(extra)}]'
-            + self._events((("REQUEST_START", r.arrival), ("QUEUE_START", r.queue), ("REQUEST_END", r.end)))
+            + self._events((("REQUEST_START", r.arrival), ("QUEUE_START", r.queue), ("CACHE_HIT", r.cache_hit),
+                            ("REQUEST_END", r.end)))
             + status
         )
         if not r.compute_start:

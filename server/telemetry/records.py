@@ -41,6 +41,8 @@ class RequestRecord(NamedTuple):
     batch_requests: int
     batch_trace_id: int
     batch_id: int
+    parent_number: int = 0  # an ensemble step: no InferRequest root; the model span's parent is ``parent``
+    cache_hit: int = 0  # answered from the response cache (a CACHE_HIT event), else 0
 
 
 class Link(NamedTuple):

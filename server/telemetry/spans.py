@@ -78,15 +78,19 @@ class SpanFactory:
         root = SpanContext(r.trace_id, r.root_id, False, _SAMPLED, state)
         model_ctx = SpanContext(r.trace_id, r.model_id, False, _SAMPLED, state)
         status = Status(StatusCode.ERROR, r.code_name) if r.error else _UNSET
-        spans = [self._span(
-            "InferRequest", root, r.parent, r.arrival, r.end,
-            {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
-             "rpc.grpc.status_code": r.code, "triton.request_id": r.request_id},
-            kind=SpanKind.SERVER, status=status,
-        )]
+        spans: list[ReadableSpan] = []
+        model_parent = r.parent  # an ensemble step hangs under the ensemble's model span
+        if not r.parent_number:
+            model_parent = root
+            spans.append(self._span(
+                "InferRequest", root, r.parent, r.arrival, r.end,
+                {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
+                 "rpc.grpc.status_code": r.code, "triton.request_id": r.request_id},
+                kind=SpanKind.SERVER, status=status,
+            ))
         attrs = dict(r.model)
         attrs["triton.trace_id"] = r.number
-        attrs["triton.trace_parent_id"] = 0
+        attrs["triton.trace_parent_id"] = r.parent_number
         attrs["triton.request_id"] = r.request_id
         attrs["tensorgate.batch_size"] = r.rows
         if r.compute_start:
@@ -94,8 +98,9 @@ class SpanFactory:
         if r.instance:
             attrs["tensorgate.instance"] = r.instance
         spans.append(self._span(
-            r.model["triton.model_name"], model_ctx, root, r.arrival, r.end, attrs,
-            self._events(("REQUEST_START", r.arrival), ("QUEUE_START", r.queue), ("REQUEST_END", r.end)),
+            r.model["triton.model_name"], model_ctx, model_parent, r.arrival, r.end, attrs,
+            self._events(("REQUEST_START", r.arrival), ("QUEUE_START", r.queue), ("CACHE_HIT", r.cache_hit),
+                         ("REQUEST_END", r.end)),
             status=status,
         ))
         if r.compute_start:

@@ -34,6 +34,7 @@ from ..errors import (
     InvalidArgumentError,
     NotFoundError,
     ServerError,
+    StepFailedError,
     UnavailableError,
     UnimplementedError,
 )
@@ -67,6 +68,7 @@ _CODES: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (CancelledError, grpc.StatusCode.CANCELLED),
     (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (StepFailedError, grpc.StatusCode.INTERNAL),
 )
 
 
@@ -103,8 +105,9 @@ def parse_traceparent(value: Any) -> tuple[int, int, int] | None:
 class RequestTrace:
     """A traced request's ids and what the scheduler learned about its batch."""
 
-    __slots__ = ("batch_id", "batch_requests", "batch_rows", "batch_trace_id", "compute_id", "failed_ns",
-                 "instance", "model_id", "number", "parent", "queue_ns", "root_id", "trace_id", "tracer")
+    __slots__ = ("batch_id", "batch_requests", "batch_rows", "batch_trace_id", "cache_hit_ns", "compute_id",
+                 "failed_ns", "instance", "model_id", "number", "parent", "parent_number", "queue_ns", "root_id",
+                 "trace_id", "tracer")
 
     def __init__(self, tracer: RequestTracer, parent: SpanContext | None, number: int) -> None:
         self.tracer = tracer
@@ -121,6 +124,8 @@ class RequestTrace:
         self.batch_requests = 0
         self.instance = ""
         self.failed_ns = 0
+        self.parent_number = 0  # an ensemble step: the ensemble request's triton.trace_id
+        self.cache_hit_ns = 0  # answered from the response cache at this time
 
     @property
     def trace_id_hex(self) -> str:
@@ -263,10 +268,22 @@ class RequestTracer:
                 self.model_attributes(r.model), r.batch_size, r.arrival_ns, t.queue_ns, r.compute_start_ns,
                 r.compute_input_end_ns, r.compute_output_start_ns, r.compute_end_ns, t.failed_ns, _now(),
                 code, name, error is not None, t.instance, t.batch_rows, t.batch_requests,
-                t.batch_trace_id, t.batch_id,
+                t.batch_trace_id, t.batch_id, t.parent_number, t.cache_hit_ns,
             ))
         except Exception:
             self._warn_once()
+
+    def begin_step(self, parent: InferRequest, step: InferRequest) -> None:
+        """Trace an ensemble step of a traced request: its spans go under the ensemble's model span."""
+        t = parent.trace
+        if t is None or self._pipeline is None:
+            return
+        from opentelemetry.trace import SpanContext, TraceFlags
+
+        context = SpanContext(t.trace_id, t.model_id, False, TraceFlags(1))  # in process: not a remote parent
+        step_trace = RequestTrace(self, context, next(self._numbers))
+        step_trace.parent_number = t.number
+        step.trace = step_trace
 
     def batch_done(self, batch: Sequence[InferRequest], traced: Sequence[tuple[InferRequest, RequestTrace]],
                    instance: str = "") -> None:

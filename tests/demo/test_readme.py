@@ -26,9 +26,10 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def test_readme_client_example_embeds_two_sentences(tmp_path: Path) -> None:
-    example = re.search(r"```python\n(import pathlib.*?)```", _readme(), re.S)
+    example = re.search(r"## A client in three lines.*?```python\n(.*?)```", _readme(), re.S)
     assert example is not None
     code = example.group(1)
+    assert len([line for line in code.splitlines() if line and not line.startswith(("import", "from"))]) == 3
     home = tmp_path / "home"
     cache = home / ".cache" / "tensorgate"
     with serve_subprocess(None, "--cache-dir", str(cache)) as (_, port):

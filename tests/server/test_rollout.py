@@ -142,7 +142,8 @@ def _flood(srv: RunningServer, count: int) -> tuple[list[threading.Thread], list
     x = np.ones((64, 512), np.float32)  # no dynamic batching: each request runs alone, 64 rows
 
     def one() -> None:
-        with InferenceClient(srv.url) as client:
+        # no client retries: a request refused while unloading must show its own status, not a retry's
+        with InferenceClient(srv.url, retry=False) as client:
             try:
                 client.infer("slow", [InferInput("INPUT0", [64, 512], "FP32").set_data_from_numpy(x)])
                 results.append("ok")

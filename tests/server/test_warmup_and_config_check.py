@@ -115,13 +115,12 @@ def test_every_model_config_field_is_classified() -> None:
 @pytest.mark.parametrize(
     ("extra", "kind", "text"),
     [
-        ("response_cache { enable: true }", "warning", "response_cache.enable: there is no response cache"),
+        ("response_cache { enable: true }", "none", ""),
         ("model_transaction_policy { decoupled: false }\nresponse_cache { enable: false }", "none", ""),
         ('metric_tags { key: "team" value: "a" }', "warning", "metric_tags"),
         ("optimization { cuda { graphs: true } }", "warning", "optimization.cuda"),
         ("sequence_batching { }", "error", "sequence_batching: the sequence batcher is not implemented"),
         ("model_transaction_policy { decoupled: true }", "error", "decoupled models are not implemented"),
-        ("ensemble_scheduling { }", "error", "ensembles are not implemented"),
     ],
 )
 def test_unimplemented_fields_warn_or_fail(tmp_path: Path, caplog: pytest.LogCaptureFixture, extra: str,
@@ -171,14 +170,14 @@ def test_build_fails_what_serve_refuses_with_the_same_message(tmp_path: Path) ->
 def test_build_reports_warnings_runs_warmup_and_honours_strict(tmp_path: Path) -> None:
     repo = add_sub_repository(tmp_path / "repo")
     config = repo / "simple" / "config.pbtxt"
-    config.write_text(config.read_text() + "response_cache { enable: true }\n"
+    config.write_text(config.read_text() + 'metric_tags { key: "team" value: "a" }\n'
                       + _warmup(_input("INPUT0", "zero_data: true") + _input("INPUT1", "zero_data: true")))
     cache = str(tmp_path / "cache")
     built = _tensorgate("build", "--model-repository", str(repo), "--engine-cache-dir", cache, "--json")
     document = json.loads(built.stdout)
     assert built.returncode == 0 and document["ok"] is True, built.stdout + built.stderr
     (row,) = document["models"]
-    assert row["warmup_runs"] == 2 and any("response_cache" in w for w in row["warnings"])
+    assert row["warmup_runs"] == 2 and any("metric_tags" in w for w in row["warnings"])
     strict = _tensorgate("build", "--model-repository", str(repo), "--engine-cache-dir", cache,
                          "--strict-model-config")
     assert strict.returncode == 1 and "--strict-model-config" in strict.stdout
