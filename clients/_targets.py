@@ -138,6 +138,9 @@ def _service_config(balanced: bool, retry: RetryPolicy | None) -> dict[str, Any]
     config: dict[str, Any] = {}
     if balanced:
         config["loadBalancingConfig"] = [{"round_robin": {}}]
+        # gRPC's client-side health checking (grpc.health.v1 Watch on each replica): a replica that reports
+        # NOT_SERVING, as a draining one does at once, gets no new calls while its admitted ones finish
+        config["healthCheckConfig"] = {"serviceName": ""}
     if retry is not None:
         config["methodConfig"] = [
             {

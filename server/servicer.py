@@ -1,7 +1,7 @@
 """The grpc.aio servicer: wire calls -> DataPlane, ServerError -> gRPC status, in one place.
 
 Inference requests wait on an asyncio future that the scheduler's worker
-resolves through ``_LoopSink``: one ``call_soon_threadsafe`` per batch, not
+resolves through ``LoopSink``: one ``call_soon_threadsafe`` per batch, not
 per request. Unexpected errors become INTERNAL with a generic message; the log
 keeps the details and the request id.
 """
@@ -41,6 +41,7 @@ from .wire import encode_response
 __all__ = [
     "UNIMPLEMENTED_FEATURES",
     "InferenceServicer",
+    "LoopSink",
     "flush_log_summaries",
     "status_for",
     "stream_error_response",
@@ -146,7 +147,7 @@ def _unary(method: Handler[_Req, _Resp]) -> Handler[_Req, _Resp]:
     return wrapper
 
 
-class _LoopSink:
+class LoopSink:
     """Resolves the futures of finished requests on the event loop, one hop per batch."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -168,12 +169,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
-        self._sink: _LoopSink | None = None
+        self._sink: LoopSink | None = None
         self._tracer = plane.telemetry.tracer
 
-    def _loop_sink(self) -> _LoopSink:
+    def _loop_sink(self) -> LoopSink:
         if self._sink is None:
-            self._sink = _LoopSink(asyncio.get_running_loop())
+            self._sink = LoopSink(asyncio.get_running_loop())
         return self._sink
 
     # ---- health and metadata --------------------------------------------------------

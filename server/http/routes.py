@@ -14,7 +14,7 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +25,7 @@ from ..dataplane import DataPlane
 from ..errors import CancelledError, InvalidArgumentError, UnimplementedError
 from ..request import InferRequest
 from ..security.access import AccessPolicy
-from ..servicer import UNIMPLEMENTED_FEATURES
+from ..servicer import UNIMPLEMENTED_FEATURES, LoopSink
 from ..wire import encode_response
 from .json_pb import (
     log_settings_request,
@@ -62,22 +62,6 @@ def policy_authorizer(policy: AccessPolicy) -> Authorize:
     return authorize
 
 
-class _LoopSink:
-    """Resolves the futures of finished requests on the event loop, one hop per batch."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def deliver(self, requests: Sequence[InferRequest]) -> None:
-        self._loop.call_soon_threadsafe(self._resolve, requests)
-
-    @staticmethod
-    def _resolve(requests: Sequence[InferRequest]) -> None:
-        for r in requests:
-            if r.waiter is not None and not r.waiter.done():
-                r.waiter.set_result(None)
-
-
 def _json(doc: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(doc, separators=(",", ":")).encode(),
                         content_type="application/json")
@@ -99,7 +83,7 @@ class _Routes:
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
         self._tracer = plane.telemetry.tracer
-        self._sink: _LoopSink | None = None
+        self._sink: LoopSink | None = None
 
     # ---- health and metadata ----------------------------------------------------------
 
@@ -202,7 +186,7 @@ class _Routes:
         if self._tracer.active:  # the one check a request pays when tracing is off
             self._tracer.begin(prepared, [(k, headers[k]) for k in _TRACE_HEADERS if k in headers])
         if self._sink is None:
-            self._sink = _LoopSink(asyncio.get_running_loop())
+            self._sink = LoopSink(asyncio.get_running_loop())
         waiter = asyncio.get_running_loop().create_future()
         prepared.waiter = waiter
         prepared.sink = self._sink

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..telemetry.options import _bool
 from .access import GROUPS, AccessPolicy, Restriction, parse_restriction
 from .errors import AccessError, TlsError
 from .tls import CertificateSource, TlsSettings
@@ -62,15 +63,6 @@ class SecuritySettings:
 
 def _env(name: str) -> str | None:
     return os.environ.get(f"TENSORGATE_{name}")
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
 def _restriction(text: str) -> Restriction:

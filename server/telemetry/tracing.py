@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ..errors import (
+    AlreadyExistsError,
     CancelledError,
     DeadlineExceededError,
     InvalidArgumentError,
@@ -63,6 +64,7 @@ _now = time.monotonic_ns
 # the servicer's status table (servicer._STATUS), as gRPC numbers; a test keeps the two in step
 _CODES: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
