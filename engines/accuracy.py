@@ -41,7 +41,6 @@ __all__ = [
 DEFAULT_MIN_COSINE = {"FP32": 0.999, "FP16": 0.999, "INT8": 0.99}
 
 Runner = Callable[[Feed, Sequence[str]], Sequence[npt.NDArray[Any]]]
-DEFAULT_MIN_COSINE = {"FP16": 0.999, "INT8": 0.99}
 SPARSE_MIN_COSINE = 0.99  # a 2:4 pruned artifact (any precision) is held to at least this by default
 
 

@@ -129,7 +129,8 @@ def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path: Path, flavor:
 
 
 def _slow_repository(root: Path) -> Path:
-    build_mlp(root / "slow" / "1" / "model.onnx", (512, 2048, 2048, 10))
+    # slow enough (about 0.1-0.3 s a request on one thread) that a flood is still queued when it has all arrived
+    build_mlp(root / "slow" / "1" / "model.onnx", (512, 4096, 4096, 10))
     (root / "slow" / "config.pbtxt").write_text(
         "max_batch_size: 64\ninstance_group [ { kind: KIND_CPU count: 1 } ]\n"
         'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
