@@ -22,8 +22,9 @@ from tensorgate.server.demo.models import build_add_sub, build_mlp
 from tensorgate.server.errors import RetiredError
 
 # a warm-up long enough that a load is seen LOADING beside the serving version
+# long enough (3000 runs) that a poll every 10 ms sees version 2 LOADING beside a READY version 1
 SLOW_WARMUP = """
-model_warmup [ { name: "w" batch_size: 8 count: 400
+model_warmup [ { name: "w" batch_size: 8 count: 3000
   inputs { key: "INPUT0" value: { data_type: TYPE_INT32 dims: [ 16 ] zero_data: true } }
   inputs { key: "INPUT1" value: { data_type: TYPE_INT32 dims: [ 16 ] random_data: true } } } ]
 """
@@ -100,7 +101,7 @@ def test_a_new_version_takes_over_with_no_failed_request(tmp_path: Path, flavor:
         srv.server.registry.wait_retired(30)
         rows = index_rows(client)
         assert rows[("simple", "2")] == ("READY", "") and rows[("simple", "1")] == ("UNAVAILABLE", "unloaded")
-        assert srv.server.registry.find("simple", "2").warmup_runs == 400  # warm-up ran before READY
+        assert srv.server.registry.find("simple", "2").warmup_runs == 3000  # warm-up ran before READY
 
 
 @pytest.mark.parametrize("flavor", ["aio", "thread"])
