@@ -45,6 +45,7 @@ __all__ = [
     "flush_log_summaries",
     "status_for",
     "stream_error_response",
+    "wait_for_result",
 ]
 
 log = logging.getLogger("tensorgate.servicer")
@@ -164,6 +165,30 @@ class LoopSink:
                 waiter.set_result(None)
 
 
+async def wait_for_result(plane: DataPlane, prepared: InferRequest, sink: LoopSink) -> InferRequest:
+    """Queue a prepared request and wait for it on the running loop (gRPC and REST share this half).
+
+    Raises:
+        ServerError: the request failed; CancelledError (asyncio) when the caller went away.
+    """
+    waiter = asyncio.get_running_loop().create_future()
+    prepared.waiter = waiter
+    prepared.sink = sink
+    plane.submit(prepared)
+    try:
+        await waiter
+    except asyncio.CancelledError:  # the client went away: drop it if still queued
+        plane.cancel(prepared)
+        if prepared.trace is not None:
+            plane.telemetry.tracer.end(prepared, CancelledError("the client cancelled the request"))
+        raise
+    if prepared.trace is not None:
+        plane.telemetry.tracer.end(prepared)
+    if prepared.error is not None:
+        raise prepared.error
+    return prepared
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService on grpc.aio."""
 
@@ -226,22 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         prepared = self._plane.prepare(request, context.time_remaining())
         if self._tracer.active:  # the one check a request pays when tracing is off
             self._tracer.begin(prepared, context.invocation_metadata())
-        waiter = asyncio.get_running_loop().create_future()
-        prepared.waiter = waiter
-        prepared.sink = self._loop_sink()
-        self._plane.submit(prepared)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            self._plane.cancel(prepared)
-            if prepared.trace is not None:
-                self._tracer.end(prepared, CancelledError("the client cancelled the request"))
-            raise
-        if prepared.trace is not None:
-            self._tracer.end(prepared)
-        if prepared.error is not None:
-            raise prepared.error
-        return prepared
+        return await wait_for_result(self._plane, prepared, self._loop_sink())
 
     @_unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:

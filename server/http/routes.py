@@ -22,10 +22,10 @@ from aiohttp import web
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from ..dataplane import DataPlane
-from ..errors import CancelledError, InvalidArgumentError, UnimplementedError
+from ..errors import InvalidArgumentError, UnimplementedError
 from ..request import InferRequest
 from ..security.access import AccessPolicy
-from ..servicer import UNIMPLEMENTED_FEATURES, LoopSink
+from ..servicer import UNIMPLEMENTED_FEATURES, LoopSink, wait_for_result
 from ..wire import encode_response
 from .json_pb import (
     log_settings_request,
@@ -187,22 +187,7 @@ class _Routes:
             self._tracer.begin(prepared, [(k, headers[k]) for k in _TRACE_HEADERS if k in headers])
         if self._sink is None:
             self._sink = LoopSink(asyncio.get_running_loop())
-        waiter = asyncio.get_running_loop().create_future()
-        prepared.waiter = waiter
-        prepared.sink = self._sink
-        self._plane.submit(prepared)
-        try:
-            await waiter
-        except asyncio.CancelledError:  # the client went away (handler cancellation is on)
-            self._plane.cancel(prepared)
-            if prepared.trace is not None:
-                self._tracer.end(prepared, CancelledError("the client cancelled the request"))
-            raise
-        if prepared.trace is not None:
-            self._tracer.end(prepared)
-        if prepared.error is not None:
-            raise prepared.error
-        return prepared
+        return await wait_for_result(self._plane, prepared, self._sink)  # handler cancellation is on
 
     # ---- trace and logging -----------------------------------------------------------------
 
