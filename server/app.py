@@ -31,7 +31,7 @@ from .security.exposure import exposure_warning
 from .security.metrics import AccessCollector
 from .servicer import flush_log_summaries
 from .settings import ServerSettings
-from .shm import SharedMemoryRegions
+from .shm_store import SharedMemory
 from .telemetry.hub import Telemetry
 from .transport import TransportSecurity, make_transport
 
@@ -96,7 +96,7 @@ class InferenceServer:
         if self.policy.active:
             self.telemetry.extra_collectors.append(AccessCollector(self.policy))
         self.plane = DataPlane(self.registry, settings.strict_readiness, self.telemetry,
-                               shm=SharedMemoryRegions(settings.allow_client_shm), control=self.control,
+                               shm=SharedMemory(settings.allow_client_shm), control=self.control,
                                max_request_bytes=settings.max_request_bytes)
         self._transport = make_transport(
             settings.grpc_flavor, self.plane, settings.grpc_threads, TransportSecurity(self.certificates, self.policy)
@@ -256,7 +256,7 @@ class InferenceServer:
         await asyncio.get_running_loop().run_in_executor(None, self.control.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
-        self.plane.shm.close()  # nothing stays mapped
+        self.plane.shm.close()  # nothing stays mapped or open
         self._serving = False
 
     def summary(self) -> list[str]:

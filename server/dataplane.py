@@ -21,14 +21,14 @@ from .lifecycle import ModelControl
 from .registry import ModelRegistry
 from .request import InferRequest
 from .settings import MAX_MESSAGE_BYTES
-from .shm import SharedMemoryRegions
+from .shm_store import SharedMemory
 from .telemetry.hub import Telemetry
 from .wire import MalformedMessage, decode_request, repository_parameters
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "DataPlane", "server_version"]
 
 SERVER_NAME = "tensorgate"
-# exactly the extensions whose RPCs and semantics work
+# exactly the extensions whose RPCs and semantics work (plus cuda_shared_memory where a GPU makes it work)
 EXTENSIONS = (
     "binary_tensor_data",
     "classification",
@@ -56,12 +56,12 @@ class DataPlane:
 
     def __init__(
         self, registry: ModelRegistry, strict_readiness: bool = False, telemetry: Telemetry | None = None,
-        shm: SharedMemoryRegions | None = None, control: ModelControl | None = None,
+        shm: SharedMemory | None = None, control: ModelControl | None = None,
         max_request_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.registry = registry
         self.max_request_bytes = max_request_bytes
-        self.shm = shm or SharedMemoryRegions()
+        self.shm = shm or SharedMemory()
         # load, unload, poll, index: the model-repository extension (mode none unless the app says)
         self.control = control or ModelControl(registry)
         self.strict_readiness = strict_readiness
@@ -95,7 +95,10 @@ class DataPlane:
         return self.registry.all_ready if self.strict_readiness else True
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
+        extensions: tuple[str, ...] = EXTENSIONS
+        if self.shm.cuda.available:  # cuda-python and a GPU here: CUDA regions can be opened
+            extensions = tuple(sorted((*extensions, "cuda_shared_memory")))
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=extensions)
 
     def model_ready(self, name: str, version: str) -> bool:
         try:
@@ -151,34 +154,45 @@ class DataPlane:
                 response.model_stats.append(mv.scheduler.statistics.to_pb(mv.name, mv.version_str))
         return response
 
-    # ---- system shared memory ---------------------------------------------------------
+    # ---- shared memory (system and CUDA regions share one namespace) ---------------------
 
     def shm_status(self, name: str) -> pb.SystemSharedMemoryStatusResponse:
+        if name and self.shm.cuda.has(name):
+            raise NotFoundError(f"the region named '{name}' is registered as CUDA shared memory, not system "
+                                "shared memory")
         response = pb.SystemSharedMemoryStatusResponse()
-        for info in self.shm.status(name):
+        for info in self.shm.system.status(name):
             response.regions[info.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
                 name=info.name, key=info.key, offset=info.offset, byte_size=info.byte_size))
         return response
 
     def shm_register(self, request: pb.SystemSharedMemoryRegisterRequest) -> pb.SystemSharedMemoryRegisterResponse:
-        self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        self.shm.system.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     def shm_unregister(self, name: str) -> pb.SystemSharedMemoryUnregisterResponse:
-        self.shm.unregister(name)
+        self.shm.system.unregister(name)  # a CUDA region's name unregisters nothing here (Triton's rule)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    # CUDA regions cannot be registered (no CUDA IPC path yet), so there are never any: status lists none and
-    # unregister has nothing to do. perf_analyzer's cleanup unregisters CUDA regions too, and fails when this
-    # answers UNIMPLEMENTED.
-
     def cuda_shm_status(self, name: str) -> pb.CudaSharedMemoryStatusResponse:
-        if name:
-            raise NotFoundError(f"unable to find cuda shared memory region: '{name}'")
-        return pb.CudaSharedMemoryStatusResponse()
+        if name and self.shm.system.has(name):
+            raise NotFoundError(f"the region named '{name}' is registered as system shared memory, not CUDA "
+                                "shared memory")
+        response = pb.CudaSharedMemoryStatusResponse()
+        for info in self.shm.cuda.status(name):
+            response.regions[info.name].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(
+                name=info.name, device_id=info.device_id, byte_size=info.byte_size))
+        return response
+
+    def cuda_shm_register(self, request: pb.CudaSharedMemoryRegisterRequest) -> pb.CudaSharedMemoryRegisterResponse:
+        """Opens a CUDA IPC handle (milliseconds on a GPU): transports run it off their event loop."""
+        self.shm.cuda.register(request.name, request.raw_handle, request.device_id, request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
 
     def cuda_shm_unregister(self, name: str) -> pb.CudaSharedMemoryUnregisterResponse:
+        self.shm.cuda.unregister(name)
         return pb.CudaSharedMemoryUnregisterResponse()
+
     # ---- model control (gRPC and HTTP both call these) ----------------------------------
 
     def load_model(self, name: str, parameters: dict[str, object]) -> pb.RepositoryModelLoadResponse:

@@ -39,7 +39,6 @@ from .telemetry.logs import failure_trace_id, request_fields
 from .wire import encode_response
 
 __all__ = [
-    "UNIMPLEMENTED_FEATURES",
     "InferenceServicer",
     "LoopSink",
     "flush_log_summaries",
@@ -63,12 +62,6 @@ _STATUS: tuple[tuple[type[ServerError], grpc.StatusCode], ...] = (
 )
 _INTERNAL_MESSAGE = "internal error; the server log has the details"
 _SUMMARY = LogSummary(log)  # unexpected errors and queue-full rejections, summarised per kind
-
-# RPCs owned by later features: each answers UNIMPLEMENTED naming its feature (model control answers from
-# DataPlane.repository_model_load/unload, which HTTP calls too)
-UNIMPLEMENTED_FEATURES = {
-    "CudaSharedMemoryRegister": "the CUDA shared-memory extension",
-}
 
 
 def stream_error_response(request: Any, exc: BaseException, trace_id: str = "") -> pb.ModelStreamInferResponse:
@@ -336,13 +329,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in list(tasks):
                 task.cancel()
 
-    # ---- owned by later features ------------------------------------------------------
-
-    async def _unimplemented(self, context: Context, rpc: str) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet"
-        )
-
     # model control: the model-repository group of a restricted-protocol interceptor
 
     @_unary
@@ -383,8 +369,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.CudaSharedMemoryStatusResponse:
         return self._plane.cuda_shm_status(request.name)
 
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "CudaSharedMemoryRegister")
+    @_unary
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        loop = asyncio.get_running_loop()  # opening an IPC handle maps device memory: off the event loop
+        return await loop.run_in_executor(None, self._plane.cuda_shm_register, request)
 
     @_unary
     async def CudaSharedMemoryUnregister(

@@ -22,7 +22,7 @@ from .admission import SHUTTING_DOWN
 from .dataplane import DataPlane
 from .errors import CancelledError, UnavailableError
 from .request import InferRequest
-from .servicer import UNIMPLEMENTED_FEATURES, status_for, stream_error_response
+from .servicer import status_for, stream_error_response
 from .telemetry.logs import failure_trace_id
 from .wire import encode_response
 
@@ -200,9 +200,6 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if draining:
             _abort(context, UnavailableError(SHUTTING_DOWN))
 
-    def _unimplemented(self, context: Any, rpc: str) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{UNIMPLEMENTED_FEATURES[rpc]} is not implemented by this server yet")
-
     def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
@@ -233,8 +230,10 @@ class SyncInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.CudaSharedMemoryStatusResponse:
         return self._call(context, self._plane.cuda_shm_status, request.name)  # type: ignore[no-any-return]
 
-    def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return self._unimplemented(context, "CudaSharedMemoryRegister")
+    def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        return self._call(context, self._plane.cuda_shm_register, request)  # type: ignore[no-any-return]
 
     def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any

@@ -11,7 +11,8 @@ What a hostile client could try, and what stops it:
 - unregistering a region while a request reads or writes it: every access holds the region's lock and copies
   (inputs are copied out at decode, outputs copied in at encode), so no view of the mapping outlives a call and
   unmapping never races a reader;
-- registering without bound: at most ``MAX_REGIONS`` regions;
+- registering without bound: at most ``MAX_REGIONS`` regions, system and CUDA together (one namespace, as in
+  Triton: a name taken by either kind is ALREADY_EXISTS for both);
 - any use at all: registration is off unless the server was started with ``--allow-client-shm true``, since a
   registered region lets a client read and write shm objects the server's user can open.
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 
-__all__ = ["MAX_REGIONS", "RegionInfo", "SharedMemoryRegions"]
+__all__ = ["MAX_REGIONS", "RegionInfo", "RegionNamespace", "SharedMemoryRegions", "checked_region_name"]
 
 MAX_REGIONS = 1024
 SHM_ROOT = "/dev/shm"  # where Linux keeps POSIX shared-memory objects (shm_open's namespace)
@@ -61,7 +62,7 @@ class _Region:
                 self.mapping = None
 
 
-def _checked_name(name: str) -> str:
+def checked_region_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidArgumentError(
             f"shared memory region name {name[:64]!r} is not valid: use 1-256 letters, digits or . _ @ + = : -"
@@ -78,12 +79,34 @@ def _checked_key(key: str) -> str:
     return key
 
 
+class RegionNamespace:
+    """The names of all registered regions, system and CUDA: a tensor names a region without saying its kind."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, name: str) -> None:
+        """Take ``name`` for a region about to be registered (release it if the registration fails)."""
+        with self._lock:
+            if name in self._names:
+                raise AlreadyExistsError(f"shared memory region '{name}' is already registered")
+            if len(self._names) >= MAX_REGIONS:
+                raise InvalidArgumentError(f"at most {MAX_REGIONS} shared memory regions can be registered")
+            self._names.add(name)
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._names.discard(name)
+
+
 class SharedMemoryRegions:
     """The registered regions of one server, safe to use from the event loop and worker threads alike."""
 
-    def __init__(self, allowed: bool = False, root: str = SHM_ROOT) -> None:
+    def __init__(self, allowed: bool = False, root: str = SHM_ROOT, names: RegionNamespace | None = None) -> None:
         self.allowed = allowed
         self._root = root
+        self._names = names or RegionNamespace()
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
 
@@ -96,18 +119,20 @@ class SharedMemoryRegions:
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Map ``byte_size`` bytes at ``offset`` of the shm object ``key`` as region ``name``."""
         self._require_allowed()
-        _checked_name(name)
+        checked_region_name(name)
         _checked_key(key)
         if byte_size <= 0:
             raise InvalidArgumentError(f"shared memory region '{name}': byte_size must be > 0")
         if offset < 0:
             raise InvalidArgumentError(f"shared memory region '{name}': offset must be >= 0")
+        self._names.claim(name)
+        try:
+            region = self._map(RegionInfo(name, key, offset, byte_size))
+        except BaseException:
+            self._names.release(name)
+            raise
         with self._lock:
-            if name in self._regions:
-                raise AlreadyExistsError(f"shared memory region '{name}' is already registered")
-            if len(self._regions) >= MAX_REGIONS:
-                raise InvalidArgumentError(f"at most {MAX_REGIONS} shared memory regions can be registered")
-            self._regions[name] = self._map(RegionInfo(name, key, offset, byte_size))
+            self._regions[name] = region
 
     def _map(self, info: RegionInfo) -> _Region:
         path = os.path.join(self._root, info.key[1:])
@@ -144,6 +169,11 @@ class SharedMemoryRegions:
                 self._regions.clear()
         for region in regions:
             region.close()
+            self._names.release(region.info.name)
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return name in self._regions
 
     def status(self, name: str) -> list[RegionInfo]:
         with self._lock:

@@ -23,7 +23,7 @@ from .request import InferRequest, RequestedOutput, ShmWindow
 
 if TYPE_CHECKING:
     from .model import ModelVersion, TensorInfo
-    from .shm import SharedMemoryRegions
+    from .shm_store import SharedMemory
 
 __all__ = ["TRITON_ACCEPTED_PARAMETERS", "MalformedMessage", "decode_request", "encode_response",
            "repository_parameters"]
@@ -88,7 +88,7 @@ def _check_decoded(model: ModelVersion, decoded: int, limit: int) -> None:
 
 
 def _shm_window(model: ModelVersion, what: str, params: Any,
-                shm: SharedMemoryRegions | None) -> ShmWindow | None:
+                shm: SharedMemory | None) -> ShmWindow | None:
     """The shared_memory_* parameters of a tensor (protocol.md 1.5), checked; None when it has none."""
     if not params or not any(key in params for key in _SHM_KEYS):
         return None
@@ -142,7 +142,7 @@ def _apply_parameters(model: ModelVersion, request: pb.ModelInferRequest, out: I
 
 
 def _requested_outputs(model: ModelVersion, request: pb.ModelInferRequest,
-                       shm: SharedMemoryRegions | None) -> list[RequestedOutput]:
+                       shm: SharedMemory | None) -> list[RequestedOutput]:
     if not request.outputs:
         return [RequestedOutput(name, 0) for name in model.outputs]
     wanted: list[RequestedOutput] = []
@@ -185,7 +185,7 @@ def _decoded_size(model: ModelVersion, info: TensorInfo, count: int, sent: int) 
 
 def decode_request(
     model: ModelVersion, request: pb.ModelInferRequest, now_ns: int, max_request_bytes: int = 2**31 - 1,
-    shm: SharedMemoryRegions | None = None,
+    shm: SharedMemory | None = None,
 ) -> InferRequest:
     """Check a ModelInferRequest against the model and turn it into an InferRequest.
 
@@ -195,8 +195,8 @@ def decode_request(
         now_ns: its arrival (monotonic ns).
         max_request_bytes: the most bytes the request's inputs may take once decoded
             (checked before anything proportional to a claimed shape is allocated).
-        shm: the server's shared-memory regions; inputs in a region are copied out here, so the request never
-            holds a view of a mapping that the client may unregister.
+        shm: the server's shared-memory regions (system and CUDA); inputs in a region are copied out here, so
+            the request never holds a view of a mapping or a device pointer that the client may unregister.
     """
     tensors = request.inputs
     decoded = 0
@@ -302,7 +302,7 @@ def _classify(values: npt.NDArray[Any], k: int, labels: list[str] | None, batchi
     return out if batching else out.reshape(k)
 
 
-def encode_response(request: InferRequest, shm: SharedMemoryRegions | None = None) -> pb.ModelInferResponse:
+def encode_response(request: InferRequest, shm: SharedMemory | None = None) -> pb.ModelInferResponse:
     """Build the response: one raw_output_contents entry per output, in request order.
 
     An output requested into a shared-memory region is copied there and its raw entry left empty (Triton's rule).

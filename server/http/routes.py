@@ -22,10 +22,10 @@ from aiohttp import web
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from ..dataplane import DataPlane
-from ..errors import InvalidArgumentError, UnimplementedError
+from ..errors import InvalidArgumentError
 from ..request import InferRequest
 from ..security.access import AccessPolicy
-from ..servicer import UNIMPLEMENTED_FEATURES, LoopSink, wait_for_result
+from ..servicer import LoopSink, wait_for_result
 from ..wire import encode_response
 from .json_pb import (
     log_settings_request,
@@ -220,15 +220,28 @@ class _Routes:
         return web.Response(status=200)
 
     async def cuda_shared_memory(self, request: web.Request) -> web.Response:
-        """No CUDA regions can be registered yet: status lists none, unregister has nothing to do."""
+        """status (all or one region), register (JSON raw_handle {"b64": ...}, device_id, byte_size), unregister."""
         region = request.match_info.get("region", "")
         action = request.path.rsplit("/", 1)[-1]
         if action == "status":
-            self._plane.cuda_shm_status(region)
-            return _json([])
+            return _json([{"name": s.name, "device_id": s.device_id, "byte_size": s.byte_size}
+                          for s in self._plane.cuda_shm_status(region).regions.values()])
         if action == "register":
-            raise UnimplementedError(f"{UNIMPLEMENTED_FEATURES['CudaSharedMemoryRegister']} is not implemented "
-                                     "by this server yet")
+            body = _object_body(await _body_json(request))
+            handle = _field(body, "raw_handle", dict)
+            b64 = handle.get("b64")
+            if not isinstance(b64, str):
+                raise InvalidArgumentError("'raw_handle' must be an object with a base64 string 'b64'")
+            try:
+                raw = base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgumentError("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t") from None
+            message = pb.CudaSharedMemoryRegisterRequest(
+                name=region, raw_handle=raw, device_id=_field(body, "device_id", int, 0),
+                byte_size=_field(body, "byte_size", int))
+            # opening an IPC handle maps device memory: off the event loop
+            await asyncio.get_running_loop().run_in_executor(None, self._plane.cuda_shm_register, message)
+            return web.Response(status=200)
         self._plane.cuda_shm_unregister(region)
         return web.Response(status=200)
 
@@ -245,7 +258,8 @@ def _field(body: dict[str, Any], key: str, kind: type, default: Any = None) -> A
     if value is None:
         raise InvalidArgumentError(f"the request body needs '{key}'")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidArgumentError(f"'{key}' must be a {'string' if kind is str else 'non-negative integer'}")
+        what = "string" if kind is str else "JSON object" if kind is dict else "non-negative integer"
+        raise InvalidArgumentError(f"'{key}' must be a {what}")
     if isinstance(value, int) and not 0 <= value < 2**63:
         raise InvalidArgumentError(f"'{key}' is out of range")
     return value

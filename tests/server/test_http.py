@@ -296,7 +296,7 @@ def test_shared_memory_routes_when_regions_are_off(http: httpx.Client) -> None:
     assert http.post("/v2/cudasharedmemory/unregister").status_code == 200
     r = http.post("/v2/cudasharedmemory/region/r/register", json={"raw_handle": {"b64": ""}, "device_id": 0,
                                                                   "byte_size": 64})
-    assert r.status_code == 501 and "CUDA shared-memory" in r.json()["error"]
+    assert r.status_code == 503 and "--allow-client-shm true" in r.json()["error"]
 
 
 def test_inputs_and_outputs_through_shared_memory_over_rest(test_repository: Path) -> None:

@@ -127,21 +127,6 @@ def test_stream_with_triton_grpc_error_header_ends_with_status(server: RunningSe
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize(
-    ("rpc", "request_message", "feature"),
-    [
-        ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(), "CUDA shared-memory"),
-    ],
-)
-def test_later_features_answer_unimplemented_with_their_name(
-    server: RunningServer, rpc: str, request_message: object, feature: str
-) -> None:
-    with pytest.raises(grpc.RpcError) as info:
-        getattr(stub_for(server), rpc)(request_message)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert feature in info.value.details()
-
-
 def test_trace_and_log_settings_answer(server: RunningServer) -> None:
     """The trace and logging extensions are advertised, so their RPCs answer (tests/telemetry go deeper)."""
     stub = stub_for(server)
