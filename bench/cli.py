@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="closed-loop unary calls: grpc.aio, or blocking calls in one thread per request in "
                          "flight; auto = thread at concurrency 1 (lower client latency), aio otherwise")
     measure.add_argument("--no-server-stats", action="store_true", help="do not read ModelStatistics")
-    measure.add_argument("--shared-memory", choices=("none", "system"), default="none",
-                         help="pass tensors through system shared memory (needs the server's extension)")
+    measure.add_argument("--shared-memory", choices=("none", "system", "cuda"), default="none",
+                         help="pass tensors through system shared memory, or CUDA device memory on GPU 0 (needs "
+                              "the server's extension; cuda needs a GPU and cuda-python here too)")
     ceiling = p.add_argument_group("ceilings")
     ceiling.add_argument("--ceiling", action="store_true",
                          help="also measure bare gRPC echo servers (grpc.aio, thread pool) with the same load and, "

@@ -31,7 +31,7 @@ from tensorgate.clients import (
 )
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
-from .shm import ShmPlan
+from .shm import RegionPlan
 
 __all__ = ["BenchRequest", "ModelInfo", "TensorSpec", "build_requests", "discover_model", "parse_shapes"]
 
@@ -177,7 +177,7 @@ def _output_sizes(model: ModelInfo, rows: int) -> list[tuple[str, int]]:
 
 def build_requests(model: ModelInfo, *, batch_size: int = 1, data: str = "random",
                    shapes: Mapping[str, list[int]] | None = None, string_length: int = 16,
-                   seed: int = 0, shm: ShmPlan | None = None) -> list[BenchRequest]:
+                   seed: int = 0, shm: RegionPlan | None = None) -> list[BenchRequest]:
     """The distinct requests of a run, serialized (one for generated data; one per file entry).
 
     With `shm`, input bytes go to its region instead of the message (and outputs too, when their

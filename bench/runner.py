@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import grpc
 
 from tensorgate.clients import AsyncInferenceClient
+from tensorgate.clients.cuda_runtime import CudaError, load_runtime
 
 from . import ceilings
 from .inputs import build_requests, discover_model
@@ -26,7 +27,7 @@ from .machine import MachineCpu
 from .results import level_dict, window_dict
 from .server_stats import ServerStats, StatsDelta
 from .servers import ServerProcess
-from .shm import ShmPlan
+from .shm import CudaShmPlan, RegionPlan, ShmPlan
 from .stability import is_stable
 from .window import WindowSample
 from .workers import Generators, make_generators
@@ -192,6 +193,19 @@ def _mean_batch(result: dict[str, Any]) -> int:
     return max(1, round(server.get("mean_batch") or 0)) if server.get("mean_batch") else 1
 
 
+def _region_plan(kind: str) -> RegionPlan | None:
+    """The shared-memory layout for ``--shared-memory kind``; cuda is refused here when this host has no GPU."""
+    if kind == "system":
+        return ShmPlan()
+    if kind == "cuda":
+        runtime, reason = load_runtime()
+        if runtime is None:
+            raise BenchError(f"--shared-memory cuda needs a GPU on this host (bench allocates the device memory the "
+                             f"server reads): {reason}")
+        return CudaShmPlan(runtime)
+    return None
+
+
 async def run_bench(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Measure every level; returns the report (see ``results`` for the level objects).
 
@@ -201,6 +215,7 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> di
     """
     progress = progress or NullProgress()
     c = config
+    plan = _region_plan(c.shared_memory)  # before any call: cuda is refused at once on a host without a GPU
     # no client-side retries: a load tester counts every answer the server gives, as perf_analyzer does
     async with AsyncInferenceClient(c.url, retry=False) as client:
         server = await client.get_server_metadata(client_timeout=30)
@@ -209,7 +224,6 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> di
             raise BenchError(f"--shared-memory {c.shared_memory}: server {server.name or c.url!r} does not "
                              f"advertise the {c.shared_memory}_shared_memory extension (it advertises: "
                              f"{', '.join(extensions) or 'none'})")
-        plan = ShmPlan() if c.shared_memory == "system" else None
         model = await discover_model(client, c.model, c.model_version)
         if model.decoupled and not c.streaming:
             raise BenchError(f"model {c.model!r} is decoupled: use --streaming")
@@ -221,9 +235,9 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> di
         if plan is not None:
             try:
                 await plan.create(c.url)
-            except (grpc.aio.AioRpcError, OSError) as exc:
+            except (grpc.aio.AioRpcError, OSError, CudaError) as exc:
                 await plan.close(c.url)
-                raise BenchError(f"--shared-memory system: could not set up the regions: {exc}") from exc
+                raise BenchError(f"--shared-memory {c.shared_memory}: could not set up the regions: {exc}") from exc
         stats = ServerStats(client, c.model, c.model_version) if c.server_stats and "statistics" in extensions \
             else None
         report: dict[str, Any] = {

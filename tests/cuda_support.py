@@ -35,6 +35,11 @@ class HostCudaRuntime:
     def device_count(self) -> int:
         return self.devices
 
+    def allocated(self) -> int:
+        """Allocations not freed yet."""
+        with self._lock:
+            return len(self._allocations)
+
     def _find(self, ptr: int, size: int) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], int]:
         with self._lock:
             for base, (memory, _) in self._allocations.items():

@@ -10,6 +10,11 @@
 #                          (from nvidia-cuda-runtime-cu12's lib/ folder, via LD_LIBRARY_PATH) and libb64.so.0d.
 #   libb64-0d              the Debian package with libb64.so.0d, installed with apt-get when missing.
 #
+# CUDA shared memory (tests/interop/test_shared_memory.py, gpu-marked): tritonclient.utils.cuda_shared_memory
+# imports cuda-python (`cuda.bindings.runtime`), which tritonclient[grpc,http] does not pull in, so on a GPU
+# host set TRITONCLIENT_REQUIREMENT='tritonclient[grpc,http,cuda]' (cuda-python imports without a GPU too, but
+# the test only runs where there is one); without it that test skips and says why.
+#
 # Each venv holds a marker file with the requirement string it was built from; a venv whose marker matches is
 # left alone, so a warm run takes well under a second. Override the requirements with TRITONCLIENT_REQUIREMENT
 # and PERF_ANALYZER_REQUIREMENTS (space-separated), the base interpreter with INTEROP_PYTHON (default python3).

@@ -470,7 +470,7 @@ def _run_sync(client: grpcclient.InferenceServerClient, checks: Checks) -> None:
                 info["advertised"] = True
                 call(client)
             elif extension == "cuda_shared_memory":
-                # not advertised (no CUDA region can be registered), but its status lists none rather than
+                # not advertised (no GPU on the server's host), but its status lists none rather than
                 # failing: perf_analyzer's cleanup calls it (README, Compatibility with Triton)
                 info["advertised"] = False
                 status = call(client)

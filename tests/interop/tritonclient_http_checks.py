@@ -135,7 +135,7 @@ def _run_sync(client: httpclient.InferenceServerClient, checks: Checks) -> None:
                            ("cuda_shared_memory", client.get_cuda_shared_memory_status)):
             if kind in extensions:
                 call()
-            else:  # CUDA: not advertised, but its status lists no regions (perf_analyzer's cleanup calls it)
+            else:  # CUDA without a GPU: not advertised, but status lists none (perf_analyzer's cleanup calls it)
                 expect(call() == [], f"{kind} status without the extension")
     with checks.check("http.trace_settings") as info:
         settings = client.get_trace_settings()
