@@ -380,7 +380,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
     ) -> pb.CudaSharedMemoryUnregisterResponse:
-        return self._plane.cuda_shm_unregister(request.name)
+        loop = asyncio.get_running_loop()  # closing waits for copies in progress and unmaps: off the event loop
+        return await loop.run_in_executor(None, self._plane.cuda_shm_unregister, request.name)
 
     # ---- trace and logging extensions ------------------------------------------------------
 

@@ -242,7 +242,7 @@ class _Routes:
             # opening an IPC handle maps device memory: off the event loop
             await asyncio.get_running_loop().run_in_executor(None, self._plane.cuda_shm_register, message)
             return web.Response(status=200)
-        self._plane.cuda_shm_unregister(region)
+        await asyncio.get_running_loop().run_in_executor(None, self._plane.cuda_shm_unregister, region)
         return web.Response(status=200)
 
 
