@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from .model import ModelVersion
+    from .model_version import ModelVersion
 
 __all__ = ["CompletionSink", "InferRequest", "RequestedOutput"]
 

@@ -46,7 +46,7 @@ from .trace_settings import TraceSettings
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
-    from ..model import ModelVersion
+    from ..model_version import ModelVersion
     from ..request import InferRequest
     from .pipeline import TracePipeline
 
