@@ -60,6 +60,7 @@ def load_model_version(
         mv.cache_hit = loaded.cache_hit
         mv.engine_kind = engine.kind
         mv.accuracy = loaded.accuracy
+        mv.precision = loaded.parameters.get("precision_artifact", "FP32")
         config = complete_config(
             given,
             engine.inputs,

@@ -126,6 +126,7 @@ class ModelVersion:
         self.warmup_runs = 0  # warm-up executions made before READY
         self.cache_hit = False  # the engine came from the engine cache (tensorgate build reports it)
         self.engine_kind = ""
+        self.precision = "FP32"  # the precision artifact's label (traces show it)
         self.accuracy: AccuracyReport | None = None  # the precision artifact's figures vs fp32
         self.response_cache = False  # response_cache { enable: true }: the server's cache answers repeats
         self.input_guard: TextGuard | None = None  # text caps checked before decoding (tokenizer, ensembles)

@@ -3,9 +3,9 @@
 ``read_plan`` reads every value the server acts on: the batcher and its queue
 policies, the instance groups, the engine options (precision, gate, TensorRT,
 ONNX Runtime threads), drift monitoring, the response cache and the tokenizer's
-options. It is the one caller of ``Parameters`` (parameters.py), so every
-``parameters`` string is read and checked here, before any engine is built: a
-bad value fails the load with the key and the value named. The scheduler, the
+options. Every ``parameters`` string is read here, through ``Parameters``
+(parameters.py: one spelling of true), and checked before any engine is built:
+a bad value fails the load with the key and the value named. The scheduler, the
 engine factory and the drift monitor take the plan, never the config.
 
 The plan is read from the config as given; ``ModelPlan.completed`` then takes
@@ -223,6 +223,7 @@ def _instances(config: mc.ModelConfig) -> InstancePlan:
 
 
 def _drift(params: Parameters) -> DriftPlan | None:
+    window = params.integer("drift_window", 5000, minimum=1)  # checked even while the monitor is off
     raw = params.text("drift_monitor")
     if not raw:
         return None
@@ -236,7 +237,7 @@ def _drift(params: Parameters) -> DriftPlan | None:
         if not on:
             return None
         word = "auto"
-    return DriftPlan(word, params.text("drift_output"), params.integer("drift_window", 5000, minimum=1))
+    return DriftPlan(word, params.text("drift_output"), window)
 
 
 def _tokenizer(config: mc.ModelConfig, params: Parameters) -> TokenizerOptions:

@@ -246,10 +246,8 @@ class RequestTracer:
         """A model version's span attributes, made once per loaded version (shared by its records)."""
         attrs = self._models.get(mv)
         if attrs is None:
-            params = mv.config.parameters
-            precision = params["precision_artifact"].string_value if "precision_artifact" in params else "FP32"
             attrs = {"triton.model_name": mv.name, "triton.model_version": mv.version,
-                     "tensorgate.engine": getattr(mv.engine, "kind", ""), "tensorgate.precision": precision}
+                     "tensorgate.engine": getattr(mv.engine, "kind", ""), "tensorgate.precision": mv.precision}
             self._models[mv] = attrs
         return attrs
 

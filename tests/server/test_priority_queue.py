@@ -1,0 +1,158 @@
+"""The request queue and its timeout policy on their own: no threads, no engine, explicit clock values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.server.model import ModelVersion
+from tensorgate.server.plan import read_plan
+from tensorgate.server.priority_queue import DELAYED, PriorityQueue
+from tensorgate.server.request import InferRequest, RequestedOutput
+
+MODEL = ModelVersion("q", 1, Path("."))
+US = 1000  # ns
+
+
+def _queue(batching: str = "") -> PriorityQueue:
+    config = text_format.Parse(f'name: "q" max_batch_size: 8 dynamic_batching {{ {batching} }}', mc.ModelConfig())
+    return PriorityQueue(read_plan(config, 1).batching)
+
+
+def _request(name: str, arrival_ns: int = 0, priority: int = 0, timeout_us: int = 0) -> InferRequest:
+    r = InferRequest(MODEL, name, {"x": np.zeros((1, 1), np.float32)}, [RequestedOutput("y", 0)], 1, (), arrival_ns)
+    r.priority = priority
+    r.timeout_us = timeout_us
+    return r
+
+
+def _admit(q: PriorityQueue, *requests: InferRequest) -> None:
+    for r in requests:
+        q.assign(r)
+        assert not q.full(r)
+        q.push(r)
+
+
+def _drain(q: PriorityQueue) -> list[str]:
+    names = []
+    while q.head() is not None:
+        names.append(q.pop().id)
+    return names
+
+
+def test_take_order_is_priority_then_arrival_with_the_default_level_for_zero_and_out_of_range() -> None:
+    q = _queue("priority_levels: 3 default_priority_level: 2")
+    _admit(q, _request("low", priority=3), _request("default", priority=0), _request("high", priority=1),
+           _request("beyond", priority=9), _request("high2", priority=1))
+    assert len(q) == 5 and q.head() is not None and q.head().id == "high"  # type: ignore[union-attr]
+    assert _drain(q) == ["high", "high2", "default", "beyond", "low"]
+    assert not q and q.head() is None
+
+
+def test_max_queue_size_is_per_level() -> None:
+    q = _queue("priority_levels: 2 default_priority_level: 2 "
+               "priority_queue_policy { key: 1 value: { max_queue_size: 1 } }")
+    first, second, other = _request("a", priority=1), _request("b", priority=1), _request("c", priority=2)
+    _admit(q, first, other)
+    q.assign(second)
+    assert q.full(second) == 1 and q.waiting(second) == 1
+    assert len(q) == 2
+
+
+def test_reject_fails_timed_out_requests_and_keeps_the_rest_in_order() -> None:
+    q = _queue("default_queue_policy { default_timeout_microseconds: 100 }")
+    _admit(q, _request("old", 0), _request("mid", 50 * US), _request("new", 90 * US))
+    assert q.with_deadline == 3
+    expired: list[InferRequest] = []
+    q.expire(120 * US, expired)  # "old" (deadline 100 us) has timed out
+    assert [r.id for r in expired] == ["old"] and q.with_deadline == 2
+    q.expire(120 * US, expired)
+    assert [r.id for r in expired] == ["old"]
+    assert _drain(q) == ["mid", "new"] and q.with_deadline == 0
+
+
+def test_delay_moves_timed_out_requests_behind_the_others() -> None:
+    q = _queue("default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 100 }")
+    _admit(q, _request("late", 0), _request("fresh", 80 * US))
+    expired: list[InferRequest] = []
+    q.expire(150 * US, expired)
+    assert not expired
+    late = q.head()
+    assert late is not None and late.id == "fresh"
+    _admit(q, _request("newer", 140 * US))
+    assert _drain(q) == ["fresh", "newer", "late"]
+
+
+def test_a_delayed_request_is_not_delayed_when_only_its_grpc_deadline_passed() -> None:
+    q = _queue("default_queue_policy { timeout_action: DELAY }")  # no queue timeout of its own
+    r = _request("deadline")
+    r.deadline_ns = 10 * US  # the client's gRPC deadline
+    _admit(q, r)
+    expired: list[InferRequest] = []
+    q.expire(20 * US, expired)
+    assert expired == [r] and not q
+
+
+def test_a_request_timeout_overrides_only_when_allowed_and_shorter() -> None:
+    allowed = _queue("default_queue_policy { default_timeout_microseconds: 100 allow_timeout_override: true }")
+    shorter, longer = _request("s", timeout_us=10), _request("l", timeout_us=500)
+    allowed.assign(shorter)
+    allowed.assign(longer)
+    assert (shorter.deadline_ns, longer.deadline_ns) == (10 * US, 100 * US)
+    fixed = _queue("default_queue_policy { default_timeout_microseconds: 100 }")
+    own = _request("o", timeout_us=10)
+    fixed.assign(own)
+    assert own.deadline_ns == 100 * US
+    nothing = _queue()
+    free = _request("f", timeout_us=10)
+    nothing.assign(free)
+    assert free.deadline_ns == 0  # no policy allows an override: Triton ignores the request's timeout
+
+
+def test_an_earlier_grpc_deadline_is_kept() -> None:
+    q = _queue("default_queue_policy { default_timeout_microseconds: 100 }")
+    r = _request("r")
+    r.deadline_ns = 30 * US
+    q.assign(r)
+    assert r.deadline_ns == 30 * US
+
+
+def test_cancel_removes_a_queued_request_once() -> None:
+    q = _queue("default_queue_policy { default_timeout_microseconds: 100 }")
+    a, b = _request("a"), _request("b")
+    _admit(q, a, b)
+    assert q.remove(a) and not q.remove(a)
+    assert q.with_deadline == 1 and _drain(q) == ["b"]
+    assert not q.remove(b)  # taken: running, no longer queued
+
+
+def test_cancel_reaches_a_delayed_request() -> None:
+    q = _queue("default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 1 }")
+    r = _request("r")
+    _admit(q, r)
+    q.expire(5 * US, [])
+    assert r.level == DELAYED and q.remove(r) and not q
+
+
+def test_requeue_restores_order_level_and_the_deadline_count() -> None:
+    q = _queue("priority_levels: 2 default_priority_level: 2 default_queue_policy { default_timeout_microseconds: 100 }")
+    _admit(q, _request("h1", priority=1), _request("h2", priority=1), _request("d1", 10 * US))
+    taken = [q.pop(), q.pop()]
+    assert q.with_deadline == 1
+    q.requeue(taken)
+    assert q.with_deadline == 3
+    # a head looked at but not taken (it did not fit the batch) keeps its deadline counted: expiry still sees it
+    assert q.head() is taken[0] and q.head() is taken[0] and q.with_deadline == 3
+    expired: list[InferRequest] = []
+    q.expire(200 * US, expired)
+    assert {r.id for r in expired} == {"h1", "h2", "d1"} and not q
+
+
+def test_clear_returns_everything_in_take_order() -> None:
+    q = _queue("priority_levels: 2 default_priority_level: 2")
+    _admit(q, _request("d", priority=2), _request("h", priority=1))
+    assert [r.id for r in q.clear()] == ["h", "d"]
+    assert not q and len(q) == 0 and q.with_deadline == 0
