@@ -1,22 +1,20 @@
 """One model version as the server sees it: state, plan, effective config, tensor specs, scheduler.
 
-A leaf of the server's import graph: the loader (model.py), the registry, the
-request path and telemetry all use ``ModelVersion``, and it imports none of
-them (its scheduler is any ``ModelScheduler``: the dynamic batcher, an
-ensemble's scheduler, or a proxy for one in another process).
+Near the leaves of the server's import graph: the loader (model.py), the
+registry, the request path and telemetry all use ``ModelVersion``, and it
+imports none of them. Its scheduler is any ``ModelScheduler`` (request.py): the
+dynamic batcher, an ensemble's scheduler, or a proxy for one in another
+process; requests see it as a ``ServedModel`` (request.py), so the request
+module needs nothing from here.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from tensorgate.clients.codec import config_dtype_to_datatype, datatype_to_numpy, element_size
 from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines import Engine
 from tensorgate.engines.accuracy import AccuracyReport
@@ -24,37 +22,16 @@ from tensorgate.engines.accuracy import AccuracyReport
 from .errors import LoadError
 from .plan import ModelPlan
 from .telemetry.log_fields import model_state
+from .tensor_info import TensorInfo, tensor_info
 from .text_guard import TextGuard
 
 if TYPE_CHECKING:
-    from .request import InferRequest
-    from .statistics import ModelStatistics
-    from .telemetry.drift import DriftMonitor
+    from .request import ModelScheduler
 
-__all__ = ["ModelScheduler", "ModelState", "ModelVersion", "TensorInfo", "set_tensors"]
+# TensorInfo (tensor_info.py) is importable from here too
+__all__ = ["ModelState", "ModelVersion", "TensorInfo", "set_tensors"]
 
 log = logging.getLogger("tensorgate.model")
-
-
-class ModelScheduler(Protocol):
-    """What the server asks of a model version's scheduler (scheduler.Scheduler, ensemble.EnsembleScheduler)."""
-
-    statistics: ModelStatistics
-    drift: DriftMonitor | None
-
-    @property
-    def pending(self) -> int: ...
-
-    @property
-    def instance_count(self) -> int: ...
-
-    def start(self) -> None: ...
-
-    def submit(self, request: InferRequest) -> None: ...
-
-    def cancel(self, request: InferRequest) -> bool: ...
-
-    def stop(self, timeout: float | None = 30.0) -> None: ...
 
 
 class ModelState(str, enum.Enum):
@@ -62,35 +39,6 @@ class ModelState(str, enum.Enum):
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
     UNLOADING = "UNLOADING"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A tensor as the wire sees it: dims exclude the batch axis when the model batches."""
-
-    name: str
-    datatype: str
-    dims: tuple[int, ...]
-    np_dtype: np.dtype[Any]
-    element_size: int  # 0 for BYTES
-    reshape: tuple[int, ...] | None  # the engine's dims when config.pbtxt reshapes
-    optional: bool = False
-
-    def wire_shape(self, batching: bool) -> list[int]:
-        return [-1, *self.dims] if batching else list(self.dims)
-
-
-def _tensor_info(entry: mc.ModelInput | mc.ModelOutput) -> TensorInfo:
-    datatype = config_dtype_to_datatype(entry.data_type)
-    return TensorInfo(
-        name=entry.name,
-        datatype=datatype,
-        dims=tuple(entry.dims),
-        np_dtype=datatype_to_numpy(datatype),
-        element_size=element_size(datatype),
-        reshape=tuple(entry.reshape.shape) if entry.HasField("reshape") else None,
-        optional=bool(getattr(entry, "optional", False)),
-    )
 
 
 def _read_labels(model_dir: Path, output: mc.ModelOutput) -> list[str] | None:
@@ -164,13 +112,13 @@ def set_tensors(mv: ModelVersion, config: mc.ModelConfig) -> None:
     mv.config = config
     mv.max_batch_size = config.max_batch_size
     mv.response_cache = config.response_cache.enable
-    mv.inputs = {t.name: _tensor_info(t) for t in config.input}
+    mv.inputs = {t.name: tensor_info(t) for t in config.input}
     offset = 1 if mv.batching else 0
     mv.shape_checks = {
         name: (len(t.dims) + offset, tuple((i + offset, d) for i, d in enumerate(t.dims) if d != -1))
         for name, t in mv.inputs.items()
     }
-    mv.outputs = {t.name: _tensor_info(t) for t in config.output}
+    mv.outputs = {t.name: tensor_info(t) for t in config.output}
     for output in config.output:
         labels = _read_labels(mv.path, output)
         if labels is not None:
