@@ -16,8 +16,10 @@ from tensorgate.clients import InferenceClient
 from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.server.engine_factory import ort_options, place
 from tensorgate.server.errors import LoadError
+from tensorgate.server.model import ModelState, load_model_version
 from tensorgate.server.parameters import FALSE_WORDS, TRUE_WORDS, ParameterError, parse_bool
 from tensorgate.server.plan import ModelPlan, QueuePolicy, read_plan
+from tensorgate.server.repository import read_model_source
 
 
 def _config(text: str) -> mc.ModelConfig:
@@ -155,3 +157,23 @@ def test_a_bad_parameter_fails_only_its_model_with_the_reason(tmp_path: Path) ->
         infer_add_sub(client)  # the other model serves
         assert np.all(infer_add_sub(client, "simple").as_numpy("OUTPUT1") == np.arange(16).reshape(1, 16) - 1)
         client.close()
+
+
+def test_a_drift_output_the_model_lacks_fails_the_load(tmp_path: Path) -> None:
+    model_dir = write_model(tmp_path, "simple", ADD_SUB_CONFIG + _param("drift_monitor", "embedding")
+                            + _param("drift_output", "OUTPUT9"))
+    source = read_model_source(model_dir, False)
+    mv = load_model_version(source.name, 1, source.versions[1], source.config,
+                            max_batch_size_given=source.max_batch_size_given)
+    assert mv.state is ModelState.UNAVAILABLE and mv.scheduler is None and mv.engine is None
+    assert "parameter drift_output names 'OUTPUT9', which is not an output of the model" in mv.reason
+    ok = write_model(tmp_path, "watched", ADD_SUB_CONFIG + _param("drift_monitor", "on"))
+    source = read_model_source(ok, False)
+    mv = load_model_version(source.name, 1, source.versions[1], source.config,
+                            max_batch_size_given=source.max_batch_size_given)
+    try:
+        assert mv.ready and mv.plan is not None and mv.plan.drift is not None
+        assert mv.scheduler is not None and mv.scheduler.drift is not None
+        assert (mv.scheduler.drift.output, mv.scheduler.drift.kind) == ("OUTPUT0", "embedding")
+    finally:
+        mv.stop(0)
