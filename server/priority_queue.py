@@ -79,22 +79,39 @@ class PriorityQueue:
 
     # ---- ordered take ------------------------------------------------------------
 
-    def head(self) -> InferRequest | None:
-        """The next request in take order: priority, then arrival; delayed requests last."""
-        for queue in self._order:
-            if queue:
-                return queue[0]
-        return None
+    def take(self, max_rows: int, merge: bool, preferred: tuple[int, ...],
+             cancelled: list[InferRequest]) -> tuple[list[InferRequest], int, int, bool]:
+        """Take the next batch in order (priority, then arrival; delayed requests last).
 
-    def pop(self) -> InferRequest:
-        """Take the head (``head()`` must have returned it)."""
+        Requests join while their ``merge_key`` matches the first one's and the rows fit ``max_rows``
+        (``merge`` False: one request alone); cancelled requests met on the way leave into ``cancelled``.
+        Returns (batch, rows, cut, full): ``cut`` is the length of the longest prefix whose rows are a
+        preferred size (0: none), ``full`` says nothing more can join (the next request does not fit).
+        """
+        batch: list[InferRequest] = []
+        rows = 0
+        cut = 0
         for queue in self._order:
-            if queue:
-                request = queue.popleft()
-                if request.deadline_ns:
+            while queue:
+                head = queue[0]
+                if batch and not head.cancelled and (
+                        head.merge_key != batch[0].merge_key or rows + head.batch_size > max_rows):
+                    return batch, rows, cut, True
+                queue.popleft()
+                if head.deadline_ns:
                     self._with_deadline -= 1
-                return request
-        raise IndexError("pop from an empty queue")
+                if head.cancelled:
+                    cancelled.append(head)
+                    continue
+                batch.append(head)
+                rows += head.batch_size
+                if not merge:
+                    return batch, rows, 0, True
+                if rows in preferred:
+                    cut = len(batch)
+                if rows >= max_rows:
+                    return batch, rows, cut, True
+        return batch, rows, cut, False
 
     def requeue(self, requests: list[InferRequest]) -> None:
         """Put back requests taken while forming a batch, in their order and at their level."""

@@ -244,33 +244,13 @@ class Scheduler:
         ``saturated``: the asking instance is busy most of the time (adaptive delay only).
         """
         queue = self._queue
-        batch: list[InferRequest] = []
-        rows = 0
-        preferred_cut = 0
-        full = False
-        while (head := queue.head()) is not None:
-            if head.cancelled:
-                queue.pop()
-                self._pending -= 1
-                self._skip(head)
-                self.statistics.record_failures([head], now, "CANCELED")
-                continue
-            if not batch:
-                batch.append(queue.pop())
-                rows = head.batch_size
-                if not self._dynamic:
-                    return batch, 0, rows
-            elif head.merge_key != batch[0].merge_key or rows + head.batch_size > self._max_rows:
-                full = True
-                break
-            else:
-                batch.append(queue.pop())
-                rows += head.batch_size
-            if rows in self._preferred:
-                preferred_cut = len(batch)
-            if rows >= self._max_rows:
-                full = True
-                break
+        cancelled: list[InferRequest] = []
+        batch, rows, preferred_cut, full = queue.take(self._max_rows, self._dynamic, self._preferred, cancelled)
+        if cancelled:
+            self._pending -= len(cancelled)
+            for r in cancelled:
+                self._skip(r)
+            self.statistics.record_failures(cancelled, now, "CANCELED")
         if not batch:
             return batch, None, 0
         wait_ns = batch[0].arrival_ns + self._delay_ns - now

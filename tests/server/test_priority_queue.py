@@ -36,10 +36,18 @@ def _admit(q: PriorityQueue, *requests: InferRequest) -> None:
         q.push(r)
 
 
+def _next(q: PriorityQueue) -> InferRequest | None:
+    """The next request alone (a model without dynamic batching takes one at a time)."""
+    cancelled: list[InferRequest] = []
+    batch, rows, _, _ = q.take(0, False, (), cancelled)
+    assert not cancelled and rows == len(batch) <= 1
+    return batch[0] if batch else None
+
+
 def _drain(q: PriorityQueue) -> list[str]:
     names = []
-    while q.head() is not None:
-        names.append(q.pop().id)
+    while (r := _next(q)) is not None:
+        names.append(r.id)
     return names
 
 
@@ -47,9 +55,9 @@ def test_take_order_is_priority_then_arrival_with_the_default_level_for_zero_and
     q = _queue("priority_levels: 3 default_priority_level: 2")
     _admit(q, _request("low", priority=3), _request("default", priority=0), _request("high", priority=1),
            _request("beyond", priority=9), _request("high2", priority=1))
-    assert len(q) == 5 and q.head() is not None and q.head().id == "high"  # type: ignore[union-attr]
+    assert len(q) == 5
     assert _drain(q) == ["high", "high2", "default", "beyond", "low"]
-    assert not q and q.head() is None
+    assert not q and _next(q) is None
 
 
 def test_max_queue_size_is_per_level() -> None:
@@ -80,8 +88,6 @@ def test_delay_moves_timed_out_requests_behind_the_others() -> None:
     expired: list[InferRequest] = []
     q.expire(150 * US, expired)
     assert not expired
-    late = q.head()
-    assert late is not None and late.id == "fresh"
     _admit(q, _request("newer", 140 * US))
     assert _drain(q) == ["fresh", "newer", "late"]
 
@@ -140,15 +146,18 @@ def test_cancel_reaches_a_delayed_request() -> None:
 def test_requeue_restores_order_level_and_the_deadline_count() -> None:
     q = _queue("priority_levels: 2 default_priority_level: 2 default_queue_policy { default_timeout_microseconds: 100 }")
     _admit(q, _request("h1", priority=1), _request("h2", priority=1), _request("d1", 10 * US))
-    taken = [q.pop(), q.pop()]
-    assert q.with_deadline == 1
+    taken, rows, _, full = q.take(8, True, (), [])
+    assert [r.id for r in taken] == ["h1", "h2", "d1"] and rows == 3 and not full
+    assert q.with_deadline == 0
     q.requeue(taken)
-    assert q.with_deadline == 3
-    # a head looked at but not taken (it did not fit the batch) keeps its deadline counted: expiry still sees it
-    assert q.head() is taken[0] and q.head() is taken[0] and q.with_deadline == 3
+    assert q.with_deadline == 3 and _drain(q) == ["h1", "h2", "d1"]
+    q.requeue(taken)
+    # the requests left behind keep their deadlines counted: expiry still sees them
+    first, _, _, full = q.take(1, True, (), [])
+    assert [r.id for r in first] == ["h1"] and full and q.with_deadline == 2
     expired: list[InferRequest] = []
     q.expire(200 * US, expired)
-    assert {r.id for r in expired} == {"h1", "h2", "d1"} and not q
+    assert {r.id for r in expired} == {"h2", "d1"} and not q
 
 
 def test_clear_returns_everything_in_take_order() -> None:
@@ -156,3 +165,29 @@ def test_clear_returns_everything_in_take_order() -> None:
     _admit(q, _request("d", priority=2), _request("h", priority=1))
     assert [r.id for r in q.clear()] == ["h", "d"]
     assert not q and len(q) == 0 and q.with_deadline == 0
+
+
+def test_take_merges_matching_requests_in_order_up_to_max_rows() -> None:
+    q = _queue("priority_levels: 2 default_priority_level: 2")
+    a, b, c = _request("a", priority=2), _request("b", priority=1), _request("c", priority=2)
+    odd = _request("odd", priority=2)
+    odd.merge_key = ("other",)
+    gone = _request("gone", priority=2)
+    _admit(q, a, gone, c, odd, b)
+    gone.cancelled = True
+    cancelled: list[InferRequest] = []
+    batch, rows, cut, full = q.take(8, True, (2, 4), cancelled)
+    # level 1 first; the cancelled one leaves on the way; "odd" cannot join and stays first
+    assert [r.id for r in batch] == ["b", "a", "c"] and rows == 3 and cut == 2 and full
+    assert cancelled == [gone] and _drain(q) == ["odd"]
+
+
+def test_take_stops_at_max_rows_and_at_a_request_that_does_not_fit() -> None:
+    q = _queue()
+    big = _request("big")
+    big.batch_size = 3
+    _admit(q, _request("a"), _request("b"), big, _request("c"))
+    batch, rows, _, full = q.take(4, True, (), [])
+    assert [r.id for r in batch] == ["a", "b"] and rows == 2 and full  # 2 + 3 rows > 4
+    batch, rows, _, full = q.take(4, True, (), [])
+    assert [r.id for r in batch] == ["big", "c"] and rows == 4 and full
