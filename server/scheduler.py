@@ -2,21 +2,22 @@
 
 It takes the model version's plan (plan.py), never its config, and keeps its
 requests in a PriorityQueue (priority_queue.py: levels, queue policies,
-timeouts, cancellation); this module forms batches, adapts the queue delay,
-runs the workers and delivers results.
+timeouts, cancellation, the ordered take); this module decides when a batch
+goes, adapts the queue delay, runs the workers and delivers results.
 
 Each engine instance has one worker thread. A free worker takes the next batch
-from the queues: requests in priority order (level 1 first), then arrival
+from the queue: requests in priority order (level 1 first), then arrival
 order, merged while their non-batch shapes match and the rows fit
 max_batch_size. A batch is sent at once when it is full or a preferred size,
 or when max_queue_delay_microseconds (default 0: never wait) has passed for
 its oldest request; otherwise the worker waits for more. Without
 dynamic_batching each request runs alone, on every instance in parallel.
 
-Queue policy per priority level: max_queue_size (a full queue rejects at once,
-UNAVAILABLE), default timeout with REJECT (DEADLINE_EXCEEDED, never computed)
-or DELAY (served after every request that has not timed out), and
-allow_timeout_override. A cancelled request leaves the queue.
+Queue policy per priority level (applied by the queue; the answers are given
+here): max_queue_size (a full queue rejects at once, UNAVAILABLE), default
+timeout with REJECT (DEADLINE_EXCEEDED, never computed) or DELAY (served after
+every request that has not timed out), and allow_timeout_override. A cancelled
+request leaves the queue.
 
 Workers stamp the request timestamps (statistics, traces), run the engine
 with the GIL released, split the outputs back as views, and hand the finished
