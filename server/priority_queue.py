@@ -63,19 +63,22 @@ class PriorityQueue:
                 request.timeout_us = timeout_us
         return policy
 
-    def full(self, request: InferRequest) -> int:
-        """The max_queue_size that refuses this (assigned) request, or 0 when its level has room."""
+    def push(self, request: InferRequest) -> int:
+        """Queue an assigned request; returns how many were waiting at its level before it, or -1 when
+        the level is at its max_queue_size (the request is not queued)."""
+        items = self._levels[request.level]
+        waiting = len(items)
         limit = self._policies[request.level].max_size
-        return limit if limit and len(self._levels[request.level]) >= limit else 0
-
-    def waiting(self, request: InferRequest) -> int:
-        """Requests already waiting at this (assigned) request's level."""
-        return len(self._levels[request.level])
-
-    def push(self, request: InferRequest) -> None:
-        self._levels[request.level].append(request)
+        if limit and waiting >= limit:
+            return -1
+        items.append(request)
         if request.deadline_ns:
             self._with_deadline += 1
+        return waiting
+
+    def max_size(self, request: InferRequest) -> int:
+        """The max_queue_size of an assigned request's level (0: unbounded)."""
+        return self._policies[request.level].max_size
 
     # ---- ordered take ------------------------------------------------------------
 

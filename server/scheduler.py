@@ -182,22 +182,22 @@ class Scheduler:
             if self._stopping:
                 self.statistics.record_failures([request], _now(), "OTHER")
                 raise RetiredError(f"model '{self._name}' version {self._version} is unloading")
-            limit = queue.full(request)
-            if limit:
+            waiting = queue.push(request)
+            if waiting < 0:
                 self.statistics.record_queue_full(request, _now())
                 raise QueueFullError(
-                    f"model '{self._name}' queue is full (max_queue_size {limit}); request rejected, retry later",
+                    f"model '{self._name}' queue is full (max_queue_size {queue.max_size(request)}); "
+                    "request rejected, retry later",
                     self._name,
                 )
             if self._preserve_ordering:
                 self._seq[id(request)] = self._next_seq
                 self._next_seq += 1
             if self._adaptive:
-                if queue.waiting(request):  # a batch is forming: this gap is an in-burst gap
+                if waiting:  # a batch is forming: this gap is an in-burst gap
                     gap = request.arrival_ns - self._last_arrival_ns
                     self._burst_gap_ns = gap if not self._burst_gap_ns else 0.9 * self._burst_gap_ns + 0.1 * gap
                 self._last_arrival_ns = request.arrival_ns
-            queue.push(request)
             self._pending += 1
             if self._delay_waiters:
                 if self._wake_delayed(request):

@@ -32,8 +32,7 @@ def _request(name: str, arrival_ns: int = 0, priority: int = 0, timeout_us: int 
 def _admit(q: PriorityQueue, *requests: InferRequest) -> None:
     for r in requests:
         q.assign(r)
-        assert not q.full(r)
-        q.push(r)
+        assert q.push(r) >= 0
 
 
 def _next(q: PriorityQueue) -> InferRequest | None:
@@ -66,8 +65,11 @@ def test_max_queue_size_is_per_level() -> None:
     first, second, other = _request("a", priority=1), _request("b", priority=1), _request("c", priority=2)
     _admit(q, first, other)
     q.assign(second)
-    assert q.full(second) == 1 and q.waiting(second) == 1
+    assert q.push(second) == -1 and q.max_size(second) == 1  # refused, not queued
     assert len(q) == 2
+    third = _request("d", priority=2)
+    q.assign(third)
+    assert q.push(third) == 1 and q.max_size(third) == 0  # the default level is unbounded; one was waiting
 
 
 def test_reject_fails_timed_out_requests_and_keeps_the_rest_in_order() -> None:
