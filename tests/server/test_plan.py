@@ -130,6 +130,8 @@ def test_tokenizer_booleans_are_refused_alike() -> None:
     (_param("drift_monitor", "pca"), "parameter drift_monitor must be auto, classifier, embedding, or true"),
     ("max_batch_size: 4\ndynamic_batching { priority_levels: 2 default_priority_level: 3 }",
      "default_priority_level 3 is above priority_levels 2"),
+    ("max_batch_size: 4\ndynamic_batching { priority_levels: 100000000 }",  # one queue each would be allocated
+     "priority_levels must be at most 65536, got 100000000"),
     (_param("adaptive_queue_delay", "x\\n\\u001b[2J"), r"got 'x\\n\\x1b\[2J'"),  # escaped for the log
 ])
 def test_bad_values_are_load_errors(text: str, message: str) -> None:
