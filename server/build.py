@@ -24,7 +24,8 @@ from typing import Any
 
 from .engine_factory import EngineSettings
 from .ensemble_plan import is_ensemble
-from .model import ModelVersion, load_model_version
+from .model import load_model_version
+from .model_version import ModelVersion
 from .repository import ModelSource, scan_repository
 from .tokenizer_model import is_tokenizer
 

@@ -232,7 +232,7 @@ class DataPlane:
         prepared = decode_request(mv, request, arrival, self.max_request_bytes, self.shm)
         prepared.version_named = bool(request.model_version)
         if guard is not None:
-            guard.check(prepared)
+            guard.after(mv.name, prepared.inputs)
         if time_remaining is not None:
             prepared.deadline_ns = arrival + int(time_remaining * 1e9)
         return prepared

@@ -8,6 +8,7 @@ and then loads the engine. Placement: KIND_GPU needs a usable GPU and TensorRT
 (else the load fails with the reason); KIND_AUTO takes them when present and
 otherwise falls back to ONNX Runtime on the CPU, saying so; KIND_CPU is ONNX
 Runtime. Session options follow Triton's ORT backend keys in ``parameters``.
+Everything it reads of the config comes from the model's plan (plan.py).
 A TensorRT plan that will not deserialize is dropped from the cache and
 rebuilt once, and the loaded plan itself passes the accuracy gate (ONNX
 Runtime's figures for the artifact do not describe what TensorRT computes).
@@ -48,8 +49,10 @@ from tensorgate.engines.tensorrt import (
 )
 from tensorgate.engines.tensorrt.builder import sparse_capable
 
-from .autocomplete import DEFAULT_CPU_INSTANCES, DEFAULT_MAX_BATCH_SIZE
-from .engine_options import EngineOptions, OptionError, parse_engine_options
+from .autocomplete import DEFAULT_MAX_BATCH_SIZE
+from .engine_options import EngineOptions
+from .errors import LoadError
+from .plan import ModelPlan, Placement
 
 __all__ = [
     "EngineSettings",
@@ -60,7 +63,6 @@ __all__ = [
     "Progress",
     "create_engine",
     "engine_settings",
-    "instance_count",
     "ort_options",
     "place",
     "prepare",
@@ -71,10 +73,6 @@ log = logging.getLogger("tensorgate.engine_factory")
 Progress = Callable[[str], None]
 _KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
 _KIND_AUTO = mc.ModelInstanceGroup.KIND_AUTO
-
-
-class LoadError(Exception):
-    """A model version could not be loaded; the message is its UNAVAILABLE reason."""
 
 
 @dataclass(frozen=True)
@@ -101,15 +99,7 @@ class LoadedEngine:
     accuracy: AccuracyReport | None = None
     parameters: dict[str, str] = field(default_factory=dict)  # added to the effective config's parameters
     instance_count: int | None = None  # None: the config's instance counts
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a model runs: "cpu", or "gpu" with one GPU index per instance."""
-
-    device: str
-    instance_gpus: tuple[int, ...] = ()
-    note: str = ""
+    placement: Placement = field(default_factory=lambda: Placement("cpu"))
 
 
 @dataclass
@@ -129,58 +119,38 @@ class Prepared:
         return self.artifact.cache_hit and all(e.cache_hit for e in self.engines)
 
 
-def _int_parameter(config: mc.ModelConfig, key: str, default: int) -> int:
-    if key not in config.parameters:
-        return default
-    raw = config.parameters[key].string_value
-    try:
-        return int(raw)
-    except ValueError:
-        raise LoadError(f"parameter {key} must be an integer, got '{raw}'") from None
-
-
-def instance_count(config: mc.ModelConfig) -> int:
-    """Instances the config asks for (before completion: no groups = the default CPU group)."""
-    if not config.instance_group:
-        return DEFAULT_CPU_INSTANCES
-    return sum(g.count if g.count > 0 else DEFAULT_CPU_INSTANCES for g in config.instance_group)
-
-
-def ort_options(config: mc.ModelConfig) -> OrtOptions:
-    """Triton's ORT backend keys in `parameters`, with defaults that fit the host."""
-    intra = _int_parameter(config, "intra_op_thread_count", 0) or default_intra_op_threads(instance_count(config))
-    inter = _int_parameter(config, "inter_op_thread_count", 0) or 1
-    level = config.optimization.graph.level if config.HasField("optimization") else 0
-    spinning = config.parameters["allow_spinning"].string_value if "allow_spinning" in config.parameters else ""
+def ort_options(plan: ModelPlan) -> OrtOptions:
+    """Triton's ORT backend keys (read into the plan), with defaults that fit the host."""
+    engine = plan.engine
     return OrtOptions(
-        intra_op_threads=intra,
-        inter_op_threads=inter,
-        graph_level=level,
-        allow_spinning=spinning.lower() in ("1", "true", "yes"),
+        intra_op_threads=engine.intra_op_threads or default_intra_op_threads(plan.instances.count),
+        inter_op_threads=engine.inter_op_threads,
+        graph_level=engine.graph_level,
+        allow_spinning=engine.allow_spinning,
     )
 
 
-def place(config: mc.ModelConfig, probe: GpuProbe | None = None, tensorrt_version: str | None = None) -> Placement:
+def place(plan: ModelPlan, probe: GpuProbe | None = None, tensorrt_version: str | None = None) -> Placement:
     """Decide CPU or GPU from the instance groups, the GPUs found and whether TensorRT is installed.
 
     Raises:
         LoadError: KIND_GPU without a usable GPU or TensorRT, unknown GPU indices, or mixed kinds.
     """
-    groups = list(config.instance_group)
-    kinds = {g.kind for g in groups}
+    groups = plan.instances.groups
+    kinds = plan.instances.kinds()
     if _KIND_GPU not in kinds and _KIND_AUTO not in kinds:
         return Placement("cpu")
     if _KIND_GPU in kinds and len(kinds) > 1:
         raise LoadError("an instance group of KIND_GPU cannot be mixed with other kinds in one model")
     probe = probe or probe_gpus()
     version = tensorrt_version if tensorrt_version is not None else installed_tensorrt_version()
-    gpu_group = next((g.name or f"{config.name}_{i}" for i, g in enumerate(groups) if g.kind == _KIND_GPU), "")
+    gpu_group = next((g.name for g in groups if g.kind == _KIND_GPU), "")
     missing = probe.reason if not probe.available else ("" if version else "TensorRT is not installed")
     if missing:
         if gpu_group:
             raise LoadError(f"instance group '{gpu_group}' asks for KIND_GPU, which cannot run here: {missing}")
         note = f"KIND_AUTO falls back to the CPU engine (onnxruntime): {missing}"
-        log.warning("model %s: %s", config.name, note)
+        log.warning("model %s: %s", plan.model, note)
         return Placement("cpu", note=note)
     present = {d.index for d in probe.devices}
     instance_gpus: list[int] = []
@@ -242,15 +212,15 @@ def _tensorrt(probe: GpuProbe) -> TrtDistribution:
     return dist
 
 
-def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path, config: mc.ModelConfig,
+def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path, plan: ModelPlan,
                  options: EngineOptions, placement: Placement, probe: GpuProbe,
                  progress: Progress | None) -> tuple[list[EngineResult], dict[int, Path], BuildOptions]:
     from tensorgate.engines.tensorrt import prepare_trt_plan
 
     inputs = _input_specs(model_file)
     profiles = compute_profiles(
-        inputs, _trt_batching(config, inputs), min_shapes=options.trt.min_shapes, opt_shapes=options.trt.opt_shapes,
-        max_shapes=options.trt.max_shapes, preferred_batch_sizes=list(config.dynamic_batching.preferred_batch_size),
+        inputs, _trt_batching(plan, inputs), min_shapes=options.trt.min_shapes, opt_shapes=options.trt.opt_shapes,
+        max_shapes=options.trt.max_shapes, preferred_batch_sizes=list(plan.batching.preferred_sizes),
     )
     build = BuildOptions(tuple(profiles), options.trt.workspace_bytes, options.trt.optimization_level,
                          options.trt.hardware_compatibility, profiles_needed(placement.instance_gpus),
@@ -267,13 +237,13 @@ def _prepare_gpu(cache: EngineCache, artifact: ArtifactResult, model_file: Path,
     return list(results.values()), plans, build
 
 
-def _trt_batching(config: mc.ModelConfig, inputs: list[TensorSpec]) -> int:
-    return config.max_batch_size or (
+def _trt_batching(plan: ModelPlan, inputs: list[TensorSpec]) -> int:
+    return plan.max_batch_size or (
         DEFAULT_MAX_BATCH_SIZE if inputs and all(s.shape and s.shape[0] < 0 for s in inputs) else 0
     )
 
 
-def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
+def prepare(name: str, version: int, model_file: Path, plan: ModelPlan, settings: EngineSettings,
             progress: Progress | None = None) -> Prepared:
     """Build or find in the cache the artifact and engine(s) one model version needs on this host.
 
@@ -282,11 +252,8 @@ def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, s
         EngineLoadError: building failed, or the accuracy gate refused the artifact (with its figures).
     """
     start = time.monotonic()
-    try:
-        options = parse_engine_options(config)
-    except OptionError as exc:
-        raise LoadError(str(exc)) from exc
-    placement = place(config)
+    options = plan.engine.options
+    placement = place(plan)
     spec: PrecisionSpec = options.gpu if placement.device == "gpu" else options.cpu
     if placement.device == "gpu" and spec.precision == "INT8" and spec.int8_method == "dynamic":
         raise LoadError("TensorRT runs INT8 only as Q/DQ: set int8_method static (dynamic is CPU only)")
@@ -294,17 +261,17 @@ def prepare(name: str, version: int, model_file: Path, config: mc.ModelConfig, s
         log.info("model %s: the tensorrt accelerator's %s applies on GPUs; on the CPU it runs %s",
                  name, options.gpu.precision, options.cpu.precision)
     cache = _cache(settings, needed=not spec.is_fp32_model or placement.device == "gpu")
-    batching: bool | None = True if config.max_batch_size > 0 else None
+    batching: bool | None = True if plan.max_batch_size > 0 else None
     thresholds = options.thresholds_for(spec.precision, bool(spec.sparsity))
     if cache is None:
         artifact = ArtifactResult(model_file, spec, "fp32", cache_hit=True)
-        return Prepared(placement, artifact, [], ort=ort_options(config), seconds=time.monotonic() - start)
+        return Prepared(placement, artifact, [], ort=ort_options(plan), seconds=time.monotonic() - start)
     if placement.device == "gpu":  # the artifact is checked on the CPU; the plans are built from it
         artifact, _ = prepare_checked(cache, model_file, spec, thresholds, batching, None, progress)
-        engines, plans, build = _prepare_gpu(cache, artifact, model_file, config, options, placement,
+        engines, plans, build = _prepare_gpu(cache, artifact, model_file, plan, options, placement,
                                              probe_gpus(), progress)
         return Prepared(placement, artifact, engines, plans, build, seconds=time.monotonic() - start)
-    ort = ort_options(config)
+    ort = ort_options(plan)
     artifact, engine = prepare_checked(cache, model_file, spec, thresholds, batching,
                                        lambda a: prepare_ort_engine(cache, a, ort, progress), progress)
     assert engine is not None
@@ -330,18 +297,18 @@ def _describe(name: str, version: int, prepared: Prepared) -> tuple[str, dict[st
     return f"{artifact.spec.label}{figures}", parameters
 
 
-def _gate_plan(engine: Engine, model_file: Path, config: mc.ModelConfig, prepared: Prepared) -> AccuracyReport | None:
+def _gate_plan(engine: Engine, model_file: Path, plan: ModelPlan, prepared: Prepared) -> AccuracyReport | None:
     """Measure the loaded plan itself against fp32 and refuse it over the model's thresholds."""
     from tensorgate.engines.accuracy import check_gate
     from tensorgate.engines.precision import measure_loaded
 
-    options = parse_engine_options(config)
+    options = plan.engine.options
     spec = prepared.artifact.spec
     build = prepared.build_options
     max_batch = min((p.max[0] for p in build.profiles if p.max), default=0) if build else 0
     instance = engine.create_instance()
     try:
-        report = measure_loaded(instance, model_file, spec, True if config.max_batch_size > 0 else None, max_batch)
+        report = measure_loaded(instance, model_file, spec, True if plan.max_batch_size > 0 else None, max_batch)
     finally:
         instance.close()
     if report is not None:
@@ -349,14 +316,14 @@ def _gate_plan(engine: Engine, model_file: Path, config: mc.ModelConfig, prepare
     return report
 
 
-def _load_gpu(name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
+def _load_gpu(name: str, version: int, model_file: Path, plan: ModelPlan, settings: EngineSettings,
               first: Prepared) -> LoadedEngine:
     from tensorgate.engines.tensorrt import StalePlanError, TensorRTEngine, load_with_rebuild
 
     attempts = iter([first])
 
     def prepare_once() -> Prepared:  # the first preparation is done; a rebuild prepares again
-        return next(attempts, None) or prepare(name, version, model_file, config, settings)
+        return next(attempts, None) or prepare(name, version, model_file, plan, settings)
 
     def load(prepared: Prepared) -> tuple[Prepared, TensorRTEngine]:
         assert prepared.build_options is not None
@@ -372,7 +339,7 @@ def _load_gpu(name: str, version: int, model_file: Path, config: mc.ModelConfig,
 
     prepared, trt_engine = load_with_rebuild(prepare_once, load, discard)
     try:
-        accuracy = _gate_plan(trt_engine, model_file, config, prepared)
+        accuracy = _gate_plan(trt_engine, model_file, plan, prepared)
     except BaseException:
         trt_engine.close()
         raise
@@ -386,21 +353,21 @@ def _load_gpu(name: str, version: int, model_file: Path, config: mc.ModelConfig,
         trt_engine, gpu_count=len(probe_gpus().devices), precision=prepared.artifact.spec.label,
         description=f"{summary}; TensorRT on GPU(s) {gpus}, {len(placement.instance_gpus)} context(s)",
         cache_hit=prepared.cache_hit, accuracy=accuracy or prepared.artifact.accuracy, parameters=parameters,
-        instance_count=len(placement.instance_gpus),
+        instance_count=len(placement.instance_gpus), placement=placement,
     )
 
 
 def create_engine(
-    name: str, version: int, model_file: Path, config: mc.ModelConfig, settings: EngineSettings,
+    name: str, version: int, model_file: Path, plan: ModelPlan, settings: EngineSettings,
     progress: Progress | None = None,
 ) -> LoadedEngine:
-    """Build the engine for one model version from its (not yet completed) config."""
-    prepared = prepare(name, version, model_file, config, settings, progress)
+    """Build the engine for one model version from its plan (read from the config as given)."""
+    prepared = prepare(name, version, model_file, plan, settings, progress)
     placement = prepared.placement
     if placement.device == "gpu":
-        return _load_gpu(name, version, model_file, config, settings, prepared)
+        return _load_gpu(name, version, model_file, plan, settings, prepared)
     summary, parameters = _describe(name, version, prepared)
-    options = prepared.ort or ort_options(config)
+    options = prepared.ort or ort_options(plan)
     if prepared.engines:
         engine = OnnxRuntimeEngine(prepared.engines[0].path, ort_options_for_cached(options))
     else:
@@ -412,6 +379,7 @@ def create_engine(
     return LoadedEngine(
         engine, description="; ".join(notes), precision=prepared.artifact.spec.label,
         cache_hit=prepared.cache_hit, accuracy=prepared.artifact.accuracy, parameters=parameters,
+        placement=placement,
     )
 
 

@@ -33,7 +33,9 @@ from tensorgate.engines.tensorrt.builder import (
 )
 from tensorgate.engines.tensorrt.profiles import parse_shapes
 
-__all__ = ["EngineOptions", "TrtOptions", "parse_engine_options"]
+from .parameters import ParameterError, Parameters, quoted
+
+__all__ = ["EngineOptions", "OptionError", "TrtOptions", "engine_options", "parse_engine_options", "tensorrt_parameters"]
 
 log = logging.getLogger("tensorgate.engine_options")
 
@@ -59,8 +61,8 @@ _TRT_KEYS = {
 }
 
 
-class OptionError(ValueError):
-    """A precision or TensorRT option is malformed; the message becomes the UNAVAILABLE reason."""
+# one error for every parameter (parameters.py); the old name stays for callers and tests
+OptionError = ParameterError
 
 
 @dataclass(frozen=True)
@@ -104,54 +106,19 @@ class EngineOptions:
         )
 
 
-def _string(config: mc.ModelConfig, key: str) -> str | None:
-    return config.parameters[key].string_value.strip() if key in config.parameters else None
-
-
-def _float(raw: str | None, key: str) -> float | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise OptionError(f"parameter {key} must be a number, got '{raw}'") from None
-
-
-def _int(raw: str | None, key: str, default: int) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise OptionError(f"parameter {key} must be an integer, got '{raw}'") from None
-
-
-def _bool(raw: str | None, key: str, default: bool) -> bool:
-    if raw is None or raw == "":
-        return default
-    value = raw.lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise OptionError(f"parameter {key} must be true or false, got '{raw}'")
-    return value in ("true", "1", "yes")
-
-
-def _list(raw: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in (raw or "").split(",") if p.strip())
-
-
 def _precision(raw: str | None, key: str) -> str:
     value = (raw or "FP32").upper()
     if value not in ("FP32", "FP16", "INT8"):
-        raise OptionError(f"{key} must be FP32, FP16 or INT8, got '{raw}'")
+        raise OptionError(f"{key} must be FP32, FP16 or INT8, got '{quoted(raw or '')}'")
     return value
 
 
-def _tensorrt_parameters(config: mc.ModelConfig) -> dict[str, str] | None:
+def tensorrt_parameters(config: mc.ModelConfig) -> Parameters | None:
     if not config.HasField("optimization"):
         return None
     for acc in config.optimization.execution_accelerators.gpu_execution_accelerator:
         if acc.name.lower() == "tensorrt":
-            return dict(acc.parameters)
+            return Parameters(dict(acc.parameters))
     return None
 
 
@@ -168,53 +135,57 @@ def parse_engine_options(config: mc.ModelConfig) -> EngineOptions:
         OptionError: a key has a malformed value.
         EngineLoadError: a profile shape is malformed.
     """
-    trt_params = _tensorrt_parameters(config)
-    for key in sorted(trt_params or {}):
+    return engine_options(config.name, Parameters.of(config), tensorrt_parameters(config))
+
+
+def engine_options(model: str, params: Parameters, trt_params: Parameters | None) -> EngineOptions:
+    """The options from a config's parameters and its tensorrt accelerator's (None: no accelerator)."""
+    for key in (trt_params.keys() if trt_params is not None else ()):
         if key in _IGNORED_TRT_KEYS:
-            log.info("model %s: tensorrt parameter %s is not used: %s", config.name, key, _IGNORED_TRT_KEYS[key])
+            log.info("model %s: tensorrt parameter %s is not used: %s", model, key, _IGNORED_TRT_KEYS[key])
         elif key not in _TRT_KEYS:
-            log.warning("model %s: unknown tensorrt parameter %s ignored", config.name, key)
+            log.warning("model %s: unknown tensorrt parameter %s ignored", model, key)
+    # the trt_* keys: the accelerator's, else the model-level ones
+    trt = trt_params if trt_params is not None else params
 
-    def trt_value(key: str) -> str | None:
-        if trt_params is not None and key in trt_params:
-            return trt_params[key].strip()
-        return _string(config, key)
+    def pick(key: str) -> Parameters:
+        return trt if key in trt else params
 
-    model_precision = _string(config, "precision_mode")
+    model_precision = params.string("precision_mode")
     cpu_precision = _precision(model_precision, "precision_mode")
-    accel_precision = trt_params.get("precision_mode") if trt_params is not None else None
+    accel_precision = trt_params.string("precision_mode") if trt_params is not None else None
     gpu_precision = _precision(accel_precision or model_precision, "tensorrt precision_mode")
-    method = (_string(config, "int8_method") or "static").lower()
+    method = params.text("int8_method", "static").lower()
     if method not in ("static", "dynamic"):
-        raise OptionError(f"int8_method must be static or dynamic, got '{method}'")
-    nodes = _list(_string(config, "precision_exclude_nodes"))
-    ops = _list(_string(config, "precision_exclude_op_types"))
-    sparsity = (_string(config, "sparsity") or "").lower()
+        raise OptionError(f"int8_method must be static or dynamic, got '{quoted(method)}'")
+    nodes = params.names("precision_exclude_nodes")
+    ops = params.names("precision_exclude_op_types")
+    sparsity = (params.string("sparsity") or "").lower()
     if sparsity in ("", "none", "dense"):
         sparsity = ""
     elif sparsity != "2:4":
-        raise OptionError(f"sparsity must be 2:4 or none, got '{sparsity}'")
-    dense = _list(_string(config, "sparsity_exclude_nodes"))
-    min_shapes = parse_shapes(trt_value("trt_profile_min_shapes") or "")
-    opt_shapes = parse_shapes(trt_value("trt_profile_opt_shapes") or "")
-    max_shapes = parse_shapes(trt_value("trt_profile_max_shapes") or "")
-    level = _int(trt_value("trt_builder_optimization_level"), "trt_builder_optimization_level", DEFAULT_OPT_LEVEL)
+        raise OptionError(f"sparsity must be 2:4 or none, got '{quoted(sparsity)}'")
+    dense = params.names("sparsity_exclude_nodes")
+    min_shapes = parse_shapes(pick("trt_profile_min_shapes").text("trt_profile_min_shapes"))
+    opt_shapes = parse_shapes(pick("trt_profile_opt_shapes").text("trt_profile_opt_shapes"))
+    max_shapes = parse_shapes(pick("trt_profile_max_shapes").text("trt_profile_max_shapes"))
+    level = pick("trt_builder_optimization_level").integer("trt_builder_optimization_level", DEFAULT_OPT_LEVEL)
     if not 0 <= level <= 5:
         raise OptionError(f"trt_builder_optimization_level must be 0 to 5, got {level}")
-    workspace = _int(trt_value("max_workspace_size_bytes"), "max_workspace_size_bytes", DEFAULT_WORKSPACE)
-    hardware = (trt_value("trt_hardware_compatibility_level") or "NONE").upper()
+    workspace = pick("max_workspace_size_bytes").integer("max_workspace_size_bytes", DEFAULT_WORKSPACE)
+    hardware = pick("trt_hardware_compatibility_level").text("trt_hardware_compatibility_level", "NONE").upper()
     if hardware not in HARDWARE_COMPATIBILITY_LEVELS:
         raise OptionError(f"trt_hardware_compatibility_level must be one of "
-                          f"{', '.join(HARDWARE_COMPATIBILITY_LEVELS)}, got '{hardware}'")
-    fp16_base = _bool(trt_value("int8_fp16_base"), "int8_fp16_base", default=True)
+                          f"{', '.join(HARDWARE_COMPATIBILITY_LEVELS)}, got '{quoted(hardware)}'")
+    fp16_base = pick("int8_fp16_base").boolean("int8_fp16_base", default=True)
     return EngineOptions(
         cpu=PrecisionSpec(cpu_precision, method, nodes, ops, sparsity=sparsity, sparsity_exclude_nodes=dense),
         gpu=PrecisionSpec(gpu_precision, method, nodes, ops, int8_fp16_base=fp16_base and method == "static",
                           sparsity=sparsity, sparsity_exclude_nodes=dense),
         thresholds=AccuracyThresholds(
-            min_cosine=_float(_string(config, "accuracy_min_cosine"), "accuracy_min_cosine"),
-            max_abs_error=_float(_string(config, "accuracy_max_abs_error"), "accuracy_max_abs_error"),
-            min_top1=_float(_string(config, "accuracy_min_top1"), "accuracy_min_top1"),
+            min_cosine=params.number("accuracy_min_cosine"),
+            max_abs_error=params.number("accuracy_max_abs_error"),
+            min_top1=params.number("accuracy_min_top1"),
         ),
         tensorrt_requested=trt_params is not None,
         trt=TrtOptions(workspace, level, min_shapes, opt_shapes, max_shapes, hardware),

@@ -29,22 +29,22 @@ import numpy.typing as npt
 from tensorgate.clients.codec import CodecError
 from tensorgate.clients.pb import model_config_pb2 as mc
 
-from .engine_factory import LoadError
 from .ensemble_plan import ENSEMBLE_PLATFORM, EnsemblePlan, EnsembleStep, plan_ensemble
 from .errors import (
     CancelledError,
     InvalidArgumentError,
+    LoadError,
     ServerError,
     StepFailedError,
     UnavailableError,
 )
+from .model_version import ModelState, ModelVersion, set_tensors
 from .request import InferRequest, RequestedOutput
 from .statistics import ModelStatistics
-from .telemetry.logs import model_state
-from .tokenizer_model import TextGuard
+from .telemetry.log_fields import model_state
+from .text_guard import TextGuard
 
 if TYPE_CHECKING:
-    from .model import ModelVersion
     from .telemetry.drift import DriftMonitor
 
 __all__ = ["EnsembleScheduler", "load_ensemble"]
@@ -52,7 +52,7 @@ __all__ = ["EnsembleScheduler", "load_ensemble"]
 log = logging.getLogger("tensorgate.ensemble")
 _now = time.monotonic_ns
 
-Resolve = Callable[[str, str], "ModelVersion"]
+Resolve = Callable[[str, str], ModelVersion]
 Submit = Callable[[InferRequest], None]
 
 
@@ -114,7 +114,7 @@ class _Run:
             sub = _step_request(model, self.request, step, self.tensors)
             guard = model.input_guard
             if guard is not None:
-                guard.check(sub)
+                guard.after(model.name, sub.inputs)
             sub.sink = _StepSink(self, step)
             if self.request.trace is not None:
                 self.request.trace.tracer.begin_step(self.request, sub)
@@ -327,8 +327,6 @@ class EnsembleScheduler:
 def load_ensemble(name: str, version: int, version_dir: Path, given: mc.ModelConfig, resolve: Resolve,
                   submit_step: Submit) -> ModelVersion:
     """Load one ensemble version: check its plan against the composing models. Never raises."""
-    from .model import ModelState, ModelVersion, set_tensors
-
     mv = ModelVersion(name, version, version_dir.parent)
     try:
         config = mc.ModelConfig()

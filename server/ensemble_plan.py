@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tensorgate.clients.codec import config_dtype_to_datatype
 from tensorgate.clients.pb import model_config_pb2 as mc
 
-from .engine_factory import LoadError
+from .errors import LoadError
 
 __all__ = ["ENSEMBLE_PLATFORM", "EnsemblePlan", "EnsembleStep", "is_ensemble", "plan_ensemble"]
 

@@ -19,6 +19,13 @@ Exception tree (gRPC status in brackets)::
 Messages of every class but the root and InternalError go to the client
 verbatim, so they must name the model, the tensor and what was expected, and
 must never carry internals.
+
+Loading has its own root, apart from the request errors above (a load error
+never reaches a client as a status; its message is the version's UNAVAILABLE
+reason, shown by RepositoryIndex and the log)::
+
+    LoadError                      a model version could not be loaded
+    └── ParameterError             a config parameter's value cannot be used (parameters.py)
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ __all__ = [
     "DeadlineExceededError",
     "InternalError",
     "InvalidArgumentError",
+    "LoadError",
     "NotFoundError",
     "QueueFullError",
     "RetiredError",
@@ -100,3 +108,7 @@ class StepFailedError(ServerError):
     """An ensemble step failed inside its model: INTERNAL, with a message naming only the step and model."""
 
     public = True
+
+
+class LoadError(Exception):
+    """A model version could not be loaded; the message is its UNAVAILABLE reason."""

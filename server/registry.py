@@ -27,7 +27,8 @@ from .engine_factory import EngineSettings
 from .ensemble import load_ensemble
 from .ensemble_plan import is_ensemble
 from .errors import InvalidArgumentError, NotFoundError, UnavailableError
-from .model import ModelState, ModelVersion, load_model_version
+from .model import load_model_version
+from .model_version import ModelState, ModelVersion
 from .repository import ModelSource, scan_repository
 from .request import InferRequest
 from .response_cache import ResponseCache, submit_request

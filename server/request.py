@@ -9,15 +9,17 @@ requests of that batch (one thread hop per batch, not per request).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from .model import ModelVersion
+    from .statistics import ModelStatistics
+    from .telemetry.drift import DriftMonitor
+    from .tensor_info import TensorInfo
 
-__all__ = ["CompletionSink", "InferRequest", "RequestedOutput"]
+__all__ = ["CompletionSink", "InferRequest", "ModelScheduler", "RequestedOutput", "ServedModel"]
 
 
 class ShmWindow(NamedTuple):
@@ -38,6 +40,64 @@ class CompletionSink(Protocol):
     """Where finished requests go; called from a worker thread once per batch."""
 
     def deliver(self, requests: Sequence[InferRequest]) -> None: ...
+
+
+class ModelScheduler(Protocol):
+    """What the server asks of a model version's scheduler (scheduler.Scheduler, ensemble.EnsembleScheduler)."""
+
+    statistics: ModelStatistics
+    drift: DriftMonitor | None
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def instance_count(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def submit(self, request: InferRequest) -> None: ...
+
+    def cancel(self, request: InferRequest) -> bool: ...
+
+    def stop(self, timeout: float | None = 30.0) -> None: ...
+
+
+class ServedModel(Protocol):
+    """What a request needs of its model version (model_version.ModelVersion is the one there is)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def version_str(self) -> str: ...
+
+    @property
+    def batching(self) -> bool: ...
+
+    @property
+    def inputs(self) -> Mapping[str, TensorInfo]: ...
+
+    @property
+    def outputs(self) -> Mapping[str, TensorInfo]: ...
+
+    @property
+    def labels(self) -> Mapping[str, list[str]]: ...
+
+    @property
+    def scheduler(self) -> ModelScheduler | None: ...
+
+    @property
+    def response_cache(self) -> bool: ...
+
+    @property
+    def engine_kind(self) -> str: ...
+
+    @property
+    def precision(self) -> str: ...
 
 
 class InferRequest:
@@ -72,7 +132,7 @@ class InferRequest:
 
     def __init__(
         self,
-        model: ModelVersion,
+        model: ServedModel,
         request_id: str,
         inputs: dict[str, npt.NDArray[Any]],
         requested: list[RequestedOutput],

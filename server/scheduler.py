@@ -1,17 +1,23 @@
 """The per-model scheduler: Triton's dynamic batcher over a pool of instance threads.
 
+It takes the model version's plan (plan.py), never its config, and keeps its
+requests in a PriorityQueue (priority_queue.py: levels, queue policies,
+timeouts, cancellation, the ordered take); this module decides when a batch
+goes, adapts the queue delay, runs the workers and delivers results.
+
 Each engine instance has one worker thread. A free worker takes the next batch
-from the queues: requests in priority order (level 1 first), then arrival
+from the queue: requests in priority order (level 1 first), then arrival
 order, merged while their non-batch shapes match and the rows fit
 max_batch_size. A batch is sent at once when it is full or a preferred size,
 or when max_queue_delay_microseconds (default 0: never wait) has passed for
 its oldest request; otherwise the worker waits for more. Without
 dynamic_batching each request runs alone, on every instance in parallel.
 
-Queue policy per priority level: max_queue_size (a full queue rejects at once,
-UNAVAILABLE), default timeout with REJECT (DEADLINE_EXCEEDED, never computed)
-or DELAY (served after every request that has not timed out), and
-allow_timeout_override. A cancelled request leaves the queue.
+Queue policy per priority level (applied by the queue; the answers are given
+here): max_queue_size (a full queue rejects at once, UNAVAILABLE), default
+timeout with REJECT (DEADLINE_EXCEEDED, never computed) or DELAY (served after
+every request that has not timed out), and allow_timeout_override. A cancelled
+request leaves the queue.
 
 Workers stamp the request timestamps (statistics, traces), run the engine
 with the GIL released, split the outputs back as views, and hand the finished
@@ -20,26 +26,24 @@ requests to their sinks once per batch.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines import EngineError, EngineInstance
 
 from .errors import DeadlineExceededError, InternalError, QueueFullError, RetiredError, UnavailableError
+from .plan import ModelPlan
+from .priority_queue import PriorityQueue
 from .request import InferRequest
 from .statistics import ModelStatistics
 from .telemetry import tracing as _tracing
 
 if TYPE_CHECKING:
-    from .model import ModelVersion
     from .telemetry.drift import DriftMonitor
 
 __all__ = ["Scheduler"]
@@ -59,51 +63,22 @@ _SATURATED = 0.75
 _BUSY_WEIGHT = 0.2  # weight of the newest batch in an instance's engine-share average
 
 
-def _flag(config: mc.ModelConfig, key: str, default: bool) -> bool:
-    if key not in config.parameters:
-        return default
-    return config.parameters[key].string_value.strip().lower() in ("1", "true", "yes", "on")
-
-
-class _Level:
-    """One priority level's queue and policy."""
-
-    __slots__ = ("allow_override", "default_timeout_us", "delay_on_timeout", "items", "max_size")
-
-    def __init__(self, policy: mc.ModelQueuePolicy | None) -> None:
-        self.items: collections.deque[InferRequest] = collections.deque()
-        self.max_size = policy.max_queue_size if policy else 0
-        self.default_timeout_us = policy.default_timeout_microseconds if policy else 0
-        self.allow_override = policy.allow_timeout_override if policy else False
-        self.delay_on_timeout = bool(policy and policy.timeout_action == mc.ModelQueuePolicy.DELAY)
-
-
 class Scheduler:
     """Queues a model's requests and runs them in batches on its instances."""
 
-    def __init__(self, model: ModelVersion, instances: list[EngineInstance]) -> None:
-        config = model.config
-        self._model = model
+    def __init__(self, plan: ModelPlan, instances: list[EngineInstance]) -> None:
+        batching = plan.batching
+        self._name = plan.model
+        self._version = plan.version
         self._instances = instances
         self.statistics = ModelStatistics()
         self.drift: DriftMonitor | None = None  # output drift monitor (model.py sets it when configured)
-        batching = config.WhichOneof("scheduling_choice") == "dynamic_batching"
-        db = config.dynamic_batching
-        self._dynamic = batching and model.max_batch_size > 0
-        self._max_rows = model.max_batch_size if self._dynamic else 0
-        self._preferred = sorted({p for p in db.preferred_batch_size if 0 < p <= self._max_rows})
-        self._delay_ns = int(db.max_queue_delay_microseconds) * 1000 if self._dynamic else 0
-        self._preserve_ordering = batching and db.preserve_ordering
-        levels = int(db.priority_levels) if batching else 0
-        self._default_level = int(db.default_priority_level) if levels else 0
-        default_policy = db.default_queue_policy if batching and db.HasField("default_queue_policy") else None
-        # index 0 is unused when there are priority levels (level 1 is the highest)
-        self._levels = [
-            _Level(db.priority_queue_policy.get(i) if i in db.priority_queue_policy else default_policy)
-            for i in range(levels + 1)
-        ]
-        self._delayed: collections.deque[InferRequest] = collections.deque()  # DELAY after timeout
-        self._with_deadline = 0  # queued requests that can expire; 0 skips the expiry scan
+        self._dynamic = batching.dynamic
+        self._max_rows = batching.max_rows
+        self._preferred = batching.preferred
+        self._delay_ns = batching.delay_ns
+        self._preserve_ordering = batching.preserve_ordering
+        self._queue = PriorityQueue(batching)
         self._cond = threading.Condition(threading.Lock())
         # wake-ups cost GIL time on both threads: wake an idle worker for every arrival, but a worker
         # that is waiting out the queue delay only once its batch could be full or preferred
@@ -114,12 +89,12 @@ class Scheduler:
         self._wake_rows = (self._preferred[0] if self._preferred else self._max_rows) or 1
         # adaptive queue delay (tensorgate): stop waiting while waits stop growing batches (a lone
         # client gains nothing from them), probing again now and then
-        self._adaptive = self._delay_ns > 0 and _flag(config, "adaptive_queue_delay", True)
-        if self._dynamic and not self._delay_ns and model.max_batch_size > 1:
+        self._adaptive = self._delay_ns > 0 and batching.adaptive_delay
+        if self._dynamic and not self._delay_ns and self._max_rows > 1:
             log.info(
                 "model %s: dynamic batching with max_queue_delay_microseconds 0 forms small batches under "
                 "load on a busy host; 1000-2000 usually doubles batch size (tensorgate skips the wait "
-                "while it does not grow batches, so a lone client stays fast)", model.name,
+                "while it does not grow batches, so a lone client stays fast)", self._name,
             )
         self._wait_payoff = 1.0
         self._last_probe_ns = 0
@@ -144,7 +119,7 @@ class Scheduler:
             thread = threading.Thread(
                 target=self._work,
                 args=(instance,),
-                name=f"tg-{self._model.name}-{self._model.version}-{index}",
+                name=f"tg-{self._name}-{self._version}-{index}",
                 daemon=True,
             )
             thread.start()
@@ -166,7 +141,7 @@ class Scheduler:
         for index, instance in enumerate(self._instances):
             if index < len(self._threads) and self._threads[index].is_alive():
                 log.warning("model %s version %s: instance %d is still running a batch after %s s; "
-                            "it is released when the batch ends", self._model.name, self._model.version,
+                            "it is released when the batch ends", self._name, self._version,
                             index, timeout)
                 continue
             instance.close()
@@ -174,21 +149,17 @@ class Scheduler:
     def _fail_queued(self, timeout: float | None) -> None:
         """Fail what is still queued once the unload's wait is over."""
         with self._cond:
-            left = [r for queue in self._queues() for r in queue]
-            for level in self._levels:
-                level.items.clear()
-            self._delayed.clear()
+            left = self._queue.clear()
             self._pending -= len(left)
-            self._with_deadline = 0
         if not left:
             return
         for r in left:
             r.error = UnavailableError(
-                f"model '{self._model.name}' version {self._model.version} was unloaded before this request "
+                f"model '{self._name}' version {self._version} was unloaded before this request "
                 f"ran (in-flight requests were given {timeout or 0:g} s to finish); retry"
             )
         log.warning("model %s version %s: %d queued request(s) failed: unloaded after %s s",
-                    self._model.name, self._model.version, len(left), timeout)
+                    self._name, self._version, len(left), timeout)
         self.statistics.record_failures(left, _now(), "OTHER")
         self._deliver(left)
 
@@ -205,42 +176,29 @@ class Scheduler:
 
     def submit(self, request: InferRequest) -> None:
         """Queue a request; raises QueueFullError or UnavailableError at once."""
-        # Triton: priority 0 or beyond priority_levels means the default level
-        priority = request.priority
-        level_index = priority if 0 < priority < len(self._levels) else self._default_level
-        level = self._levels[level_index]
-        timeout_us = level.default_timeout_us
-        if request.timeout_us and level.allow_override and (not timeout_us or request.timeout_us < timeout_us):
-            timeout_us = request.timeout_us
-        if timeout_us:
-            expiry = request.arrival_ns + timeout_us * 1000
-            if not request.deadline_ns or expiry < request.deadline_ns:
-                request.deadline_ns = expiry
-                request.timeout_us = timeout_us
+        queue = self._queue
+        queue.assign(request)  # its level and queue deadline
         with self._cond:
             if self._stopping:
                 self.statistics.record_failures([request], _now(), "OTHER")
-                raise RetiredError(f"model '{self._model.name}' version {self._model.version} is unloading")
-            if level.max_size and len(level.items) >= level.max_size:
+                raise RetiredError(f"model '{self._name}' version {self._version} is unloading")
+            waiting = queue.push(request)
+            if waiting < 0:
                 self.statistics.record_queue_full(request, _now())
                 raise QueueFullError(
-                    f"model '{self._model.name}' queue is full (max_queue_size {level.max_size}); "
+                    f"model '{self._name}' queue is full (max_queue_size {queue.max_size(request)}); "
                     "request rejected, retry later",
-                    self._model.name,
+                    self._name,
                 )
             if self._preserve_ordering:
                 self._seq[id(request)] = self._next_seq
                 self._next_seq += 1
-            request.level = level_index
             if self._adaptive:
-                if level.items:  # a batch is forming: this gap is an in-burst gap
+                if waiting:  # a batch is forming: this gap is an in-burst gap
                     gap = request.arrival_ns - self._last_arrival_ns
                     self._burst_gap_ns = gap if not self._burst_gap_ns else 0.9 * self._burst_gap_ns + 0.1 * gap
                 self._last_arrival_ns = request.arrival_ns
-            level.items.append(request)
             self._pending += 1
-            if request.deadline_ns:
-                self._with_deadline += 1
             if self._delay_waiters:
                 if self._wake_delayed(request):
                     self._cond.notify_all()
@@ -272,93 +230,35 @@ class Scheduler:
         """
         request.cancelled = True
         with self._cond:
-            for queue in (*(lv.items for lv in self._levels), self._delayed):
-                try:
-                    queue.remove(request)
-                except ValueError:
-                    continue
-                self._pending -= 1
-                self._skip(request)
-                self.statistics.record_failures([request], _now(), "CANCELED")
-                return True
-        return False
+            if not self._queue.remove(request):
+                return False
+            self._pending -= 1
+        self._skip(request)
+        self.statistics.record_failures([request], _now(), "CANCELED")
+        return True
 
     # ---- batch formation (called with the lock held) -------------------------
-
-    def _queues(self) -> Iterable[collections.deque[InferRequest]]:
-        # level 0 only exists without priority levels; then it is the one queue
-        yield from (lv.items for lv in (self._levels[1:] or self._levels))
-        if len(self._levels) > 1:
-            yield self._levels[0].items
-        yield self._delayed
-
-    def _expire(self, now: int, expired: list[InferRequest]) -> None:
-        """Take timed-out requests out of the queues: REJECT fails them, DELAY moves them last."""
-        if not self._with_deadline:
-            return
-        for level in self._levels:
-            items = level.items
-            if not items or not any(r.deadline_ns and r.deadline_ns <= now for r in items):
-                continue
-            keep: collections.deque[InferRequest] = collections.deque()
-            for r in items:
-                if r.deadline_ns and r.deadline_ns <= now:
-                    self._with_deadline -= 1
-                    if level.delay_on_timeout and r.timeout_us:
-                        r.deadline_ns = 0
-                        r.level = -1
-                        self._delayed.append(r)
-                    else:
-                        expired.append(r)
-                else:
-                    keep.append(r)
-            level.items = keep
 
     def _take_batch(self, now: int, saturated: bool = False) -> tuple[list[InferRequest], float | None, int]:
         """Return (batch, 0, rows) to run now, or ([], seconds to wait, rows); None = until notified.
 
         ``saturated``: the asking instance is busy most of the time (adaptive delay only).
         """
-        batch: list[InferRequest] = []
-        rows = 0
-        preferred_cut = 0
-        full = False
-        for queue in self._queues():
-            while queue:
-                head = queue[0]
-                if head.cancelled:
-                    queue.popleft()
-                    self._pending -= 1
-                    self._skip(head)
-                    self.statistics.record_failures([head], now, "CANCELED")
-                    continue
-                if head.deadline_ns:
-                    self._with_deadline -= 1
-                if not batch:
-                    batch.append(queue.popleft())
-                    rows = head.batch_size
-                    if not self._dynamic:
-                        return batch, 0, rows
-                elif head.merge_key != batch[0].merge_key or rows + head.batch_size > self._max_rows:
-                    full = True
-                    break
-                else:
-                    batch.append(queue.popleft())
-                    rows += head.batch_size
-                if rows in self._preferred:
-                    preferred_cut = len(batch)
-                if rows >= self._max_rows:
-                    full = True
-                    break
-            if full:
-                break
+        queue = self._queue
+        cancelled: list[InferRequest] = []
+        batch, rows, preferred_cut, full = queue.take(self._max_rows, self._dynamic, self._preferred, cancelled)
+        if cancelled:
+            self._pending -= len(cancelled)
+            for r in cancelled:
+                self._skip(r)
+            self.statistics.record_failures(cancelled, now, "CANCELED")
         if not batch:
             return batch, None, 0
         wait_ns = batch[0].arrival_ns + self._delay_ns - now
         if full or self._delay_ns == 0 or wait_ns <= 0 or self._stopping:
             return batch, 0, rows
         if preferred_cut:
-            self._requeue(batch[preferred_cut:])
+            queue.requeue(batch[preferred_cut:])
             return batch[:preferred_cut], 0, rows
         if self._adaptive:
             if saturated:
@@ -375,21 +275,13 @@ class Scheduler:
                 if quiet_ns >= enough_ns:
                     return batch, 0, rows
                 wait_ns = min(wait_ns, int(enough_ns - quiet_ns) + 1)
-        self._requeue(batch)
-        if self._with_deadline:
+        queue.requeue(batch)
+        if queue.with_deadline:
             # wake up in time to answer a request whose deadline falls inside the wait
             deadlines = [r.deadline_ns for r in batch if r.deadline_ns]
             if deadlines:
                 wait_ns = max(0, min(wait_ns, min(deadlines) - now))
         return [], wait_ns / 1e9, rows
-
-    def _requeue(self, requests: list[InferRequest]) -> None:
-        """Put back requests taken while forming a batch, keeping their order and level."""
-        for r in reversed(requests):
-            queue = self._delayed if r.level < 0 else self._levels[r.level].items
-            queue.appendleft(r)
-            if r.deadline_ns:
-                self._with_deadline += 1
 
     # ---- workers -------------------------------------------------------------------
 
@@ -404,7 +296,7 @@ class Scheduler:
             with self._cond:
                 while True:
                     now = _now()
-                    self._expire(now, expired)
+                    self._queue.expire(now, expired)
                     if expired:
                         self._pending -= len(expired)
                         break
@@ -416,7 +308,7 @@ class Scheduler:
                             grew = 1.0 if rows > waited_rows else 0.0
                             self._wait_payoff = 0.6 * self._wait_payoff + 0.4 * grew
                         break
-                    if self._stopping and not any(self._queues()):
+                    if self._stopping and not self._queue:
                         return
                     backlog = False
                     if wait is None:
@@ -433,7 +325,7 @@ class Scheduler:
             if expired:
                 for r in expired:
                     r.error = DeadlineExceededError(
-                        f"request for model '{self._model.name}' timed out in the queue "
+                        f"request for model '{self._name}' timed out in the queue "
                         f"after {(now - r.arrival_ns) // 1000} us; it was not computed"
                     )
                 self.statistics.record_failures(expired, now, "REJECTED")
@@ -502,12 +394,11 @@ class Scheduler:
 
     def _fail_batch(self, batch: list[InferRequest], exc: BaseException) -> None:
         """The engine failed: every request of this batch fails with INTERNAL; the log keeps why."""
-        model = self._model
         ids = [r.id for r in batch]
         log.error("model %s version %s: batch of %d request(s) %s failed: %s",
-                  model.name, model.version, len(batch), ids, exc, exc_info=not isinstance(exc, EngineError))
+                  self._name, self._version, len(batch), ids, exc, exc_info=not isinstance(exc, EngineError))
         for r in batch:
-            r.error = InternalError(f"model '{model.name}' failed to run this request")
+            r.error = InternalError(f"model '{self._name}' failed to run this request")
         self.statistics.record_failures(batch, _now(), "BACKEND")
 
     def _execute(
@@ -554,7 +445,7 @@ class Scheduler:
             try:
                 sink.deliver(group)
             except Exception:  # a transport that went away must not kill the worker
-                log.exception("delivering results for model %s failed", self._model.name)
+                log.exception("delivering results for model %s failed", self._name)
 
     def _skip(self, request: InferRequest) -> None:
         """A request that will never be delivered must not hold back the ones after it."""

@@ -13,14 +13,21 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
-if TYPE_CHECKING:
-    from .request import InferRequest
+__all__ = ["Counted", "Duration", "ModelStatistics"]
 
-__all__ = ["Duration", "ModelStatistics"]
+
+class Counted(Protocol):
+    """What the statistics read of a request (request.InferRequest)."""
+
+    @property
+    def arrival_ns(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
 
 
 @dataclass
@@ -66,7 +73,7 @@ class ModelStatistics:
         self.queue_full = 0  # of the REJECTED: refused at once because the queue was at max_queue_size
 
     def record_batch(
-        self, batch: Sequence[InferRequest], start: int, input_end: int, output_start: int, end: int
+        self, batch: Sequence[Counted], start: int, input_end: int, output_start: int, end: int
     ) -> None:
         """One executed batch whose requests all succeeded."""
         n = len(batch)
@@ -91,7 +98,7 @@ class ModelStatistics:
             per_size.compute_infer.add(1, c_infer)
             per_size.compute_output.add(1, c_out)
 
-    def record_cache_hit(self, request: InferRequest, lookup_ns: int, end: int) -> None:
+    def record_cache_hit(self, request: Counted, lookup_ns: int, end: int) -> None:
         """A request answered from the response cache: a success and a queue entry, no compute (Triton)."""
         wall_ms = time.time_ns() // 1_000_000
         with self._lock:
@@ -104,7 +111,7 @@ class ModelStatistics:
         with self._lock:
             self.cache_miss.add(1, ns)
 
-    def record_ensemble(self, request: InferRequest, queue_ns: int, compute: Sequence[int], end: int) -> None:
+    def record_ensemble(self, request: Counted, queue_ns: int, compute: Sequence[int], end: int) -> None:
         """An ensemble request whose steps all succeeded: its steps' queue and compute times summed."""
         wall_ms = time.time_ns() // 1_000_000
         with self._lock:
@@ -117,13 +124,13 @@ class ModelStatistics:
             self.execution_count += 1
             self.last_inference_ms = wall_ms
 
-    def record_failures(self, requests: Sequence[InferRequest], end: int, reason: str = "OTHER") -> None:
+    def record_failures(self, requests: Sequence[Counted], end: int, reason: str = "OTHER") -> None:
         """Requests that failed in the scheduler; reason: REJECTED, CANCELED, BACKEND or OTHER."""
         with self._lock:
             self.fail.add(len(requests), sum(end - r.arrival_ns for r in requests))
             self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + len(requests)
 
-    def record_queue_full(self, request: InferRequest, end: int) -> None:
+    def record_queue_full(self, request: Counted, end: int) -> None:
         """A request refused because its queue was full (a REJECTED failure, also counted on its own)."""
         with self._lock:
             self.fail.add(1, end - request.arrival_ns)

@@ -22,11 +22,11 @@ from tensorgate.clients.codec import CodecError, config_dtype_to_datatype, raw_t
 from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines import EngineInstance
 
-from .engine_factory import LoadError
+from .errors import LoadError
 from .names import is_valid_model_name
 
 if TYPE_CHECKING:
-    from .model import ModelVersion, TensorInfo
+    from .model_version import ModelVersion, TensorInfo
 
 __all__ = ["WARMUP_FOLDER", "run_warmup"]
 

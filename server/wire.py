@@ -22,7 +22,7 @@ from .errors import InvalidArgumentError
 from .request import InferRequest, RequestedOutput, ShmWindow
 
 if TYPE_CHECKING:
-    from .model import ModelVersion, TensorInfo
+    from .model_version import ModelVersion, TensorInfo
     from .shm_store import SharedMemory
 
 __all__ = ["TRITON_ACCEPTED_PARAMETERS", "MalformedMessage", "decode_request", "encode_response",

@@ -14,6 +14,7 @@ only when they are used, so this package stays light to import)::
     metrics_http    the /metrics endpoint
     logs            structured log formats, the LogSettings RPC
     drift           per-model output statistics and PSI against a reference
+    drift_metrics   the drift monitors' Prometheus families
 """
 
 from __future__ import annotations

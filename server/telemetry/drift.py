@@ -1,9 +1,9 @@
 """Output drift monitoring, opt-in per model: is what the model answers still what it answered on its
 reference data?
 
-Switched on by the model's config.pbtxt parameters::
+Switched on by the model's config.pbtxt parameters (read into its plan, plan.py)::
 
-    parameters { key: "drift_monitor" value: { string_value: "classifier" } }  # or "embedding", "auto"
+    parameters { key: "drift_monitor" value: { string_value: "classifier" } }  # or "embedding", "auto", "true"
     parameters { key: "drift_output" value: { string_value: "logits" } }       # default: the first output
     parameters { key: "drift_window" value: { string_value: "5000" } }         # rows per PSI window
 
@@ -13,8 +13,10 @@ vector and a histogram of their L2 norms. The reference is the model's own
 answers on its calibration data (``<model>/calibration/*.npz``, the INT8 data),
 computed once at load; the population stability index (PSI) compares the last
 one or two windows of live rows with it (under 0.1: stable; over 0.25: the
-population has shifted). "auto" means classifier when the output has a label
-file, else embedding. Work happens per executed batch on the scheduler's worker
+population has shifted). "auto" (or a true word: true/1/yes/on) means
+classifier when the output has a label file, else embedding; a false word is
+off, and any other value fails the load. The Prometheus families are in
+drift_metrics.py. Work happens per executed batch on the scheduler's worker
 thread (numpy, no per-row Python), and only for models that ask for it.
 """
 
@@ -23,29 +25,26 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client.registry import Collector
 
-from .metrics import family
+from ..errors import LoadError
+from ..parameters import quoted
 
 if TYPE_CHECKING:
-    from prometheus_client.core import Metric
-
     from tensorgate.engines import EngineInstance
 
-    from ..model import ModelVersion
-    from ..registry import ModelRegistry
+    from ..plan import DriftPlan
 
-__all__ = ["DriftCollector", "DriftMonitor", "drift_monitor", "psi"]
+__all__ = ["DriftMonitor", "drift_monitor", "psi", "set_reference"]
 
 log = logging.getLogger("tensorgate.telemetry.drift")
 
 _EPS = 1e-4
 _NORM_BINS = 10
-_TRUE = ("1", "true", "yes", "on", "auto")
 
 
 def psi(expected: npt.NDArray[Any], actual: npt.NDArray[Any]) -> float:
@@ -151,88 +150,45 @@ class DriftMonitor:
             return out
 
 
-def _parameter(mv: ModelVersion, key: str) -> str:
-    params = mv.config.parameters
-    return params[key].string_value.strip() if key in params else ""
+def drift_monitor(plan: DriftPlan, model: str, version: str, outputs: Mapping[str, tuple[int, ...]],
+                  labels: Mapping[str, list[str]], batching: bool) -> DriftMonitor:
+    """The monitor a model's plan asks for; ``outputs``: each output's dims (batch axis excluded).
 
-
-def drift_monitor(mv: ModelVersion, instance: EngineInstance | None) -> DriftMonitor | None:
-    """The monitor a model's config asks for (None: none), with its reference from the calibration data.
-
-    Never raises: a monitor that cannot be set up is logged and left out; the model loads regardless.
+    Raises:
+        LoadError: drift_output names no output of the model.
     """
-    wanted = _parameter(mv, "drift_monitor").lower()
-    if wanted not in (*_TRUE, "classifier", "embedding"):
-        return None
-    try:
-        output = _parameter(mv, "drift_output") or next(iter(mv.outputs))
-        info = mv.outputs[output]
-        width = int(np.prod([d for d in info.dims if d > 0])) if info.dims else 1
-        labels = mv.labels.get(output)
-        kind = wanted if wanted in ("classifier", "embedding") else ("classifier" if labels else "embedding")
-        window = int(_parameter(mv, "drift_window") or 5000)
-        monitor = DriftMonitor(mv.name, mv.version_str, output, kind, width, window, labels, mv.batching)
-    except (KeyError, StopIteration, ValueError) as exc:
-        log.warning("model %s: drift_monitor left out: %s", mv.name, exc)
-        return None
-    if instance is not None:
-        _reference(mv, monitor, instance)
-    return monitor
+    output = plan.output or next(iter(outputs), "")
+    if output not in outputs:
+        raise LoadError(f"parameter drift_output names '{quoted(output)}', which is not an output of the model "
+                        f"({sorted(outputs)})")
+    dims = outputs[output]
+    width = int(np.prod([d for d in dims if d > 0])) if dims else 1
+    output_labels = labels.get(output)
+    kind = plan.kind if plan.kind != "auto" else ("classifier" if output_labels else "embedding")
+    return DriftMonitor(model, version, output, kind, width, plan.window, output_labels, batching)
 
 
-def _reference(mv: ModelVersion, monitor: DriftMonitor, instance: EngineInstance) -> None:
+def set_reference(monitor: DriftMonitor, instance: EngineInstance, model_dir: Path,
+                  dtypes: Mapping[str, np.dtype[Any]], max_batch_size: int) -> None:
+    """The monitor's reference: the model's answers on its calibration data. Never raises (logged instead)."""
     from tensorgate.engines.calibration import load_calibration
 
+    batching = max_batch_size > 0
     try:
-        dtypes = {name: t.np_dtype for name, t in mv.inputs.items()}
-        calibration = load_calibration(mv.path, dtypes, mv.batching)
+        calibration = load_calibration(model_dir, dict(dtypes), batching)
         if calibration is None:
             log.info("model %s: drift monitor has no reference (no calibration/*.npz); PSI is not reported",
-                     mv.name)
+                     monitor.model)
             return
         outputs = []
-        step = mv.max_batch_size or 1
+        step = max_batch_size or 1
         for feed in calibration.all_feeds():
-            rows = len(next(iter(feed.values()))) if mv.batching else 1
-            for start in range(0, rows, step if mv.batching else 1):
-                part = {k: v[start:start + step] for k, v in feed.items()} if mv.batching else feed
+            rows = len(next(iter(feed.values()))) if batching else 1
+            for start in range(0, rows, step if batching else 1):
+                part = {k: v[start:start + step] for k, v in feed.items()} if batching else feed
                 outputs.append(instance.run(part, [monitor.output])[monitor.output])
         monitor.set_reference(outputs)
         log.info("model %s: drift monitor (%s, output %s) has a reference of %d rows",
-                 mv.name, monitor.kind, monitor.output, monitor.reference_rows)
+                 monitor.model, monitor.kind, monitor.output, monitor.reference_rows)
     except Exception as exc:
-        log.warning("model %s: drift monitor reference failed (%s); PSI is not reported", mv.name, exc)
-
-
-class DriftCollector(Collector):
-    """tensorgate_drift_* families for every model with a monitor."""
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterable[Metric]:
-        rows = family("tensorgate_drift_rows_total", "Output rows the drift monitor has seen", "counter")
-        ref = family("tensorgate_drift_reference_rows", "Rows in the drift monitor's reference", "gauge")
-        top = family("tensorgate_drift_top_class_total", "Rows whose top class is this class", "counter")
-        norm_mean = family("tensorgate_drift_output_norm_mean", "Mean L2 norm of embedding rows", "gauge")
-        mean_norm = family("tensorgate_drift_output_mean_norm", "L2 norm of the running mean embedding", "gauge")
-        cosine = family("tensorgate_drift_mean_cosine",
-                        "Cosine similarity of the running mean embedding and the reference mean", "gauge")
-        score = family("tensorgate_drift_psi",
-                       "Population stability index of recent outputs against the reference", "gauge")
-        for mv in self._registry.all_versions():
-            monitor = getattr(mv.scheduler, "drift", None) if mv.ready else None
-            if monitor is None:
-                continue
-            labels = {"model": mv.name, "version": mv.version_str, "output": monitor.output}
-            snap = monitor.snapshot()
-            rows.add_sample(rows.name, labels, snap["rows"])
-            ref.add_sample(ref.name, labels, snap["reference_rows"])
-            for index, count in enumerate(snap.get("classes", ())):
-                label = monitor.labels[index] if monitor.labels and index < len(monitor.labels) else str(index)
-                top.add_sample(top.name, {**labels, "class": label}, int(count))
-            for metric, key in ((norm_mean, "norm_mean"), (mean_norm, "mean_norm"), (cosine, "mean_cosine"),
-                                (score, "psi")):
-                if key in snap:
-                    metric.add_sample(metric.name, labels, snap[key])
-        yield from (rows, ref, top, norm_mean, mean_norm, cosine, score)
+        log.warning("model %s: drift monitor reference failed (%s); PSI is not reported", monitor.model, exc)

@@ -66,7 +66,7 @@ class Telemetry:
 
     def collectors(self) -> list[Collector]:
         """Every metrics source this server exports."""
-        from .drift import DriftCollector
+        from .drift_metrics import DriftCollector
         from .metrics import (
             EngineCacheCollector,
             GpuCollector,

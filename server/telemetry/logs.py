@@ -35,6 +35,7 @@ from typing import Any, TextIO
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 
 from ..errors import InvalidArgumentError
+from .log_fields import model_state, request_fields
 from .options import LOG_FORMATS, TelemetrySettings
 from .tracing import parse_traceparent
 
@@ -67,19 +68,6 @@ _ESCAPES = _escape_table()
 def escape_log_text(text: str) -> str:
     """One log line stays one line: control characters and line separators become visible escapes."""
     return text.translate(_ESCAPES)
-
-
-def model_state(name: str, version: int | str, state: str, reason: str = "") -> dict[str, Any]:
-    """``extra=`` fields of a model state change line."""
-    fields: dict[str, Any] = {"model": name, "version": str(version), "state": state}
-    if reason:
-        fields["reason"] = reason
-    return fields
-
-
-def request_fields(request_id: str, trace_id: str, grpc_code: str) -> dict[str, Any]:
-    """``extra=`` fields of a failed request line."""
-    return {"request_id": request_id, "trace_id": trace_id, "grpc_code": grpc_code}
 
 
 def failure_trace_id(exc: BaseException, context: Any) -> str:

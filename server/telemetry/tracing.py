@@ -46,8 +46,7 @@ from .trace_settings import TraceSettings
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
-    from ..model import ModelVersion
-    from ..request import InferRequest
+    from ..request import InferRequest, ServedModel
     from .pipeline import TracePipeline
 
 __all__ = ["ANY_ACTIVE", "RequestTrace", "RequestTracer", "grpc_status", "parse_traceparent", "record_batch"]
@@ -144,7 +143,7 @@ class RequestTracer:
         self.active = False  # the hot-path gate: begin() may trace this request
         self._pipeline: TracePipeline | None = None
         self._exporters: list[str] = []
-        self._models: weakref.WeakKeyDictionary[ModelVersion, dict[str, Any]] = weakref.WeakKeyDictionary()
+        self._models: weakref.WeakKeyDictionary[ServedModel, dict[str, Any]] = weakref.WeakKeyDictionary()
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._started = False
@@ -242,14 +241,12 @@ class RequestTracer:
         except Exception:  # a malformed tracestate: keep the trace, drop the state
             return make_parent(*parsed, None)
 
-    def model_attributes(self, mv: ModelVersion) -> dict[str, Any]:
+    def model_attributes(self, mv: ServedModel) -> dict[str, Any]:
         """A model version's span attributes, made once per loaded version (shared by its records)."""
         attrs = self._models.get(mv)
         if attrs is None:
-            params = mv.config.parameters
-            precision = params["precision_artifact"].string_value if "precision_artifact" in params else "FP32"
             attrs = {"triton.model_name": mv.name, "triton.model_version": mv.version,
-                     "tensorgate.engine": getattr(mv.engine, "kind", ""), "tensorgate.precision": precision}
+                     "tensorgate.engine": mv.engine_kind, "tensorgate.precision": mv.precision}
             self._models[mv] = attrs
         return attrs
 

@@ -24,6 +24,7 @@ from tensorgate.engines.cache import STATS
 from tensorgate.engines.devices import probe_gpus
 from tensorgate.server.engine_factory import EngineSettings, create_engine
 from tensorgate.server.engine_options import parse_engine_options
+from tensorgate.server.plan import read_plan
 
 NO_GPU = pytest.mark.skipif(probe_gpus().available, reason="checks the no-GPU path; this host has a GPU")
 TRT_FP16 = """
@@ -94,7 +95,7 @@ def test_precision_models_through_a_server(precision_repo: Path, tmp_path: Path)
 def test_kind_auto_fallback_says_so(precision_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = mc.ModelConfig(name="auto", max_batch_size=8)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO)
-    loaded = create_engine("auto", 1, precision_repo / "auto" / "1" / "model.onnx", config,
+    loaded = create_engine("auto", 1, precision_repo / "auto" / "1" / "model.onnx", read_plan(config, 1),
                            EngineSettings(tmp_path / "cache"))
     assert loaded.engine.kind == "onnxruntime" and loaded.gpu_count == 0
     assert "KIND_AUTO falls back to the CPU engine (onnxruntime): no usable GPU" in loaded.description
@@ -125,13 +126,13 @@ def test_second_start_is_a_cache_hit_and_faster(tmp_path: Path) -> None:
     settings = EngineSettings(tmp_path / "cache")
     model = model_dir / "1" / "model.onnx"
     start = time.monotonic()
-    cold = create_engine("big", 1, model, config, settings)
+    cold = create_engine("big", 1, model, read_plan(config, 1), settings)
     cold_s = time.monotonic() - start
     assert not cold.cache_hit
     manifests = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("manifest.json")}
     misses = STATS.snapshot()["misses"]
     start = time.monotonic()
-    warm = create_engine("big", 1, model, config, settings)
+    warm = create_engine("big", 1, model, read_plan(config, 1), settings)
     warm_s = time.monotonic() - start
     assert warm.cache_hit and STATS.snapshot()["misses"] == misses  # no build function ran
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("manifest.json")} == manifests

@@ -29,6 +29,7 @@ from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines.cache import STATS, file_sha256
 from tensorgate.server.engine_factory import EngineSettings, create_engine
+from tensorgate.server.plan import read_plan
 
 FP32 = "max_batch_size: 16\ninstance_group [ { kind: KIND_CPU count: 1 } ]\n"
 
@@ -49,7 +50,8 @@ def test_an_fp32_model_never_touches_the_cache(tmp_path: Path) -> None:
     mlp_repository_model(repo, "plain", FP32, calibration=False)
     mlp_repository_model(repo, "half", precision_config("FP16"))
     config = mc.ModelConfig(name="plain", max_batch_size=16)
-    loaded = create_engine("plain", 1, repo / "plain" / "1" / "model.onnx", config, EngineSettings(tmp_path / "c"))
+    loaded = create_engine("plain", 1, repo / "plain" / "1" / "model.onnx", read_plan(config, 1),
+                           EngineSettings(tmp_path / "c"))
     assert loaded.precision == "FP32" and not (tmp_path / "c").exists()  # no folder, no lock, no entry
     # a cache that can never be made (its parent is a file): FP32 serves, FP16 is built in a scratch folder
     (tmp_path / "file").write_text("not a folder")
@@ -90,7 +92,7 @@ def test_a_tampered_entry_is_caught_at_load_and_rebuilt(tmp_path: Path, caplog: 
 
     def load() -> tuple[bool, np.ndarray, str]:
         caplog.clear()
-        loaded = create_engine("q", 1, model, config, settings)
+        loaded = create_engine("q", 1, model, read_plan(config, 1), settings)
         out = loaded.engine.create_instance().run({"INPUT0": x}, ["OUTPUT0"])["OUTPUT0"]
         assert loaded.accuracy is not None and loaded.accuracy.summary() in caplog.text  # the figure logged ...
         return loaded.cache_hit, out, loaded.accuracy.source  # ... is the one this load measured

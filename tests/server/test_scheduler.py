@@ -22,6 +22,7 @@ from tensorgate.clients.pb import model_config_pb2 as mc
 from tensorgate.engines import EngineRunError
 from tensorgate.server.errors import DeadlineExceededError, InternalError, QueueFullError
 from tensorgate.server.model import ModelVersion, TensorInfo
+from tensorgate.server.plan import read_plan
 from tensorgate.server.request import InferRequest, RequestedOutput
 from tensorgate.server.scheduler import Scheduler
 
@@ -72,12 +73,16 @@ class Collector:
             return list(self.done)
 
 
+MODELS: dict[int, ModelVersion] = {}  # scheduler id -> the model version its requests name
+
+
 def make_model(config_text: str, max_batch_size: int) -> ModelVersion:
     mv = ModelVersion("fake", 1, Path("."))
     config = text_format.Parse(config_text, mc.ModelConfig())
     config.name = "fake"
     config.max_batch_size = max_batch_size
     mv.config = config
+    mv.plan = read_plan(config, 1)
     mv.max_batch_size = max_batch_size
     info = TensorInfo("INPUT0", "FP32", (4,), np.dtype(np.float32), 4, None)
     mv.inputs = {"INPUT0": info}
@@ -88,7 +93,9 @@ def make_model(config_text: str, max_batch_size: int) -> ModelVersion:
 @contextmanager
 def scheduler(config_text: str, instances: list[FakeInstance], max_batch_size: int = 8) -> Iterator[Scheduler]:
     mv = make_model(config_text, max_batch_size)
-    s = Scheduler(mv, instances)  # type: ignore[arg-type]
+    assert mv.plan is not None
+    s = Scheduler(mv.plan, instances)  # type: ignore[arg-type]
+    MODELS[id(s)] = mv
     s.start()
     try:
         yield s
@@ -97,11 +104,12 @@ def scheduler(config_text: str, instances: list[FakeInstance], max_batch_size: i
             if instance.gate is not None:
                 instance.gate.set()
         s.stop(10)
+        MODELS.pop(id(s), None)
 
 
 def request(s: Scheduler, value: float, sink: Collector, rows: int = 1, width: int = 4, **fields: Any) -> InferRequest:
     x = np.full((rows, width), value, dtype=np.float32)
-    r = InferRequest(s._model, f"r{value}", {"INPUT0": x}, [RequestedOutput("OUTPUT0", 0)], rows,
+    r = InferRequest(MODELS[id(s)], f"r{value}", {"INPUT0": x}, [RequestedOutput("OUTPUT0", 0)], rows,
                      (("INPUT0", (width,)),), time.monotonic_ns())
     for key, val in fields.items():
         setattr(r, key, val)
