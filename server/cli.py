@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .security.errors import SecurityError
 from .security.options import add_security_flags, security_settings_from_args
-from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
+from .settings import ENGINE_CORES, MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir, default_engine_core
 from .telemetry.options import _bool, add_telemetry_flags, telemetry_settings_from_args
 
 __all__ = ["build_parser", "main"]
@@ -92,6 +92,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "connection stays on one process, so it helps only with many client connections (default 1)",
     )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--engine-core",
+        default=default_engine_core(),
+        help="inline: batcher, instances and engines run in the server's process (default; faster on small "
+        "hosts, README 'Engine core process'); process: they run in one engine core child process with its "
+        "own GIL, tensors crossing through shared memory, restarted if it dies "
+        "(env TENSORGATE_ENGINE_CORE)",
+    )
     p.add_argument(
         "--grpc-max-connection-age-secs",
         type=float,
@@ -358,6 +366,14 @@ def _serve(args: argparse.Namespace) -> int:
     if bad:
         print(f"tensorgate serve: --load-model {bad[0]!r} is not a valid model name", file=sys.stderr)
         return 2
+    if args.engine_core not in ENGINE_CORES:
+        print(f"tensorgate serve: --engine-core {args.engine_core!r} is not one of {', '.join(ENGINE_CORES)}",
+              file=sys.stderr)
+        return 2
+    if args.engine_core == "process" and args.workers > 1:
+        print("tensorgate serve: --workers N gives each process its own engines; it does not combine with "
+              "--engine-core process", file=sys.stderr)
+        return 2
     telemetry = telemetry_settings_from_args(args)  # exits with the reason on a bad --trace-config
     configure_logs(telemetry, args.log_verbose)  # --log-format, --log-file, --log-info/-warning/-error
     settings = ServerSettings(
@@ -390,6 +406,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_unload_timeout_secs=args.model_unload_timeout_secs,
         model_load_max_bytes=args.model_load_max_bytes,
         response_cache_bytes=_cache_bytes(args.cache_config),
+        engine_core=args.engine_core,
     )
     try:
         asyncio.run(_run(settings, args.workers, args.argv))

@@ -1,0 +1,396 @@
+"""The front end's side of the engine core: start it, load through it, submit to it, restart it when it dies.
+
+``EngineCoreClient.load_version`` is the registry's version loader in process mode: the
+core builds the engine, completes the config, warms up and starts the real Scheduler;
+the front end keeps a ModelVersion with the effective config and tensors (all that
+request validation needs) whose scheduler is a ``CoreScheduler`` proxy.
+
+Submits write one SUBMIT frame each; on the event loop's thread they are gathered and
+written once per loop iteration (``call_soon``), elsewhere (the thread-pool flavour,
+ensemble steps) at once. A reader thread takes DONE frames (one per batch), copies the
+outputs out of the arena, frees the blocks and hands each sink its requests, as the
+inline Scheduler does.
+
+A core that exits is restarted: its in-flight requests fail with UNAVAILABLE at once,
+the versions it had are loaded into the new core, and the proxies follow them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tensorgate.clients.pb import model_config_pb2 as mc
+
+from ..errors import UnavailableError
+from ..model import ModelState, ModelVersion, set_tensors
+from ..request import InferRequest
+from ..telemetry import tracing as _tracing
+from ..telemetry.logs import model_state
+from .arena import Allocator, Arena
+from .channel import Channel, check_peer, error_for
+from .control import ControlClient
+from .protocol import DONE, encode_cancel, encode_free, encode_submit, read_done
+from .proxy import CoreScheduler, RemoteEngine
+
+__all__ = ["EngineCoreClient", "VersionSlot"]
+
+log = logging.getLogger("tensorgate.core")
+
+ARENA_BYTES = 64 << 20  # per direction; memfd pages are only used once touched
+_RESTART_MIN_S = 0.2
+_RESTART_MAX_S = 10.0
+
+
+@dataclass
+class VersionSlot:
+    """One version loaded in the core; ``handle`` changes when a restarted core loads it again (0: not loaded)."""
+
+    name: str
+    version: int
+    load_args: dict[str, Any]
+    handle: int
+    inputs: dict[str, int]
+    outputs: list[str]
+    output_index: dict[str, int]
+    pending: int = 0
+    released: bool = False
+
+
+class EngineCoreClient:
+    """One engine core process and the front end's connection to it."""
+
+    def __init__(self, log_level: str = "WARNING", arena_bytes: int = ARENA_BYTES) -> None:
+        self._log_level = log_level
+        self.input_arena = Arena.create(arena_bytes, "tensorgate-inputs")
+        self.output_arena = Arena.create(arena_bytes, "tensorgate-outputs")
+        self._in_alloc = Allocator(arena_bytes)
+        self._tokens = itertools.count(1)
+        self._inflight: dict[int, tuple[InferRequest, list[int], VersionSlot]] = {}
+        self._token_of: dict[int, int] = {}  # id(request) -> token, for cancel
+        self._lock = threading.Lock()
+        self._slots: list[VersionSlot] = []
+        self._outbox: list[bytes] = []
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._up = False
+        self._stopping = False
+        self._generation = 0
+        self._last_start = 0.0
+        self._backoff = _RESTART_MIN_S
+        self.restarts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._data: Channel | None = None
+        self._control: ControlClient | None = None
+        self._control_channel: Channel | None = None
+
+    # ---- process ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the core and wait until it answers (raises OSError / UnavailableError when it cannot)."""
+        data_here, data_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control_here, control_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = (data_there.fileno(), control_there.fileno(), self.input_arena.fd, self.output_arena.fd)
+        cmd = [sys.executable, "-m", "tensorgate.server.core.engine", "--data-fd", str(fds[0]),
+               "--control-fd", str(fds[1]), "--input-arena-fd", str(fds[2]), "--output-arena-fd", str(fds[3]),
+               "--log-level", self._log_level]
+        self._last_start = time.monotonic()
+        try:
+            self.process = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL)
+        finally:
+            data_there.close()
+            control_there.close()
+        for sock in (data_here, control_here):
+            check_peer(sock)
+        self._in_alloc.reset()
+        self._data = Channel(data_here)
+        self._control_channel = Channel(control_here)
+        self._control = ControlClient(self._control_channel)
+        self._generation += 1
+        threading.Thread(target=self._read, args=(self._data, self._generation), name="tg-core-reader",
+                         daemon=True).start()
+        pid = self._control.call("ping", timeout=120)
+        self._up = True
+        log.info("engine core process %d started", pid)
+
+    def stop(self) -> None:
+        """Stop the core (the versions were unloaded by the registry) and unmap the arenas."""
+        self._stopping = True
+        self._up = False
+        for channel in (self._data, self._control_channel):
+            if channel is not None:
+                channel.close()
+        if self.process is not None:
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._fail_inflight("the server is stopping")
+        self.input_arena.close()
+        self.output_arena.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
+    def _call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+        control = self._control
+        if control is None or not self._up:
+            raise UnavailableError("the engine core is restarting; retry")
+        return control.call(op, timeout, **args)
+
+    # ---- loading (the registry's loader) ------------------------------------------------------
+
+    def load_version(self, name: str, version: int, model_file: Path, given: mc.ModelConfig, *,
+                     max_batch_size_given: bool, engine_settings: Any = None, progress: Any = None) -> ModelVersion:
+        """Load one version in the core; the returned ModelVersion is READY or failed with its reason. Never raises."""
+        mv = ModelVersion(name, version, model_file.parent.parent)
+        log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
+        args = {"name": name, "version": version, "model_file": str(model_file),
+                "config": given.SerializeToString(), "max_batch_size_given": max_batch_size_given,
+                "engine_settings": engine_settings}
+        try:
+            reply = self._call("load", **args)
+            if not reply["ready"]:
+                raise RuntimeError(reply["reason"])
+            set_tensors(mv, mc.ModelConfig.FromString(reply["config"]))
+        except Exception as exc:
+            reason = str(exc) if not isinstance(exc, UnavailableError) else f"engine core: {exc}"
+            mv.fail(reason)
+            if "reply" in locals() and reply.get("ready"):
+                self._unload(reply["handle"], 0)
+            log.error("model %s version %d UNAVAILABLE: %s", name, version, reason,
+                      extra=model_state(name, version, "UNAVAILABLE", reason))
+            return mv
+        outputs = list(mv.outputs)
+        slot = VersionSlot(name, version, args, reply["handle"], {n: i for i, n in enumerate(mv.inputs)}, outputs,
+                           {n: i for i, n in enumerate(outputs)})
+        with self._lock:
+            self._slots.append(slot)
+        mv.engine_kind = reply["engine_kind"]
+        mv.cache_hit = reply["cache_hit"]
+        mv.warmup_runs = reply["warmup_runs"]
+        mv.accuracy = reply["accuracy"]
+        mv.input_guard = reply["input_guard"]
+        mv.engine = RemoteEngine(mv.engine_kind)  # type: ignore[assignment]
+        mv.scheduler = CoreScheduler(self, slot, reply["instances"])  # type: ignore[assignment]
+        mv.state = ModelState.READY
+        log.info("model %s version %d READY: %d instance(s) on %s in the engine core, max_batch_size %d", name,
+                 version, reply["instances"], mv.engine_kind, mv.max_batch_size,
+                 extra=model_state(name, version, "READY"))
+        return mv
+
+    def unload(self, slot: VersionSlot, timeout: float | None) -> None:
+        with self._lock:
+            slot.released = True
+            if slot in self._slots:
+                self._slots.remove(slot)
+        if slot.handle:
+            self._unload(slot.handle, timeout)
+
+    def _unload(self, handle: int, timeout: float | None) -> None:
+        try:
+            self._call("unload", None, handle=handle, wait=timeout)
+        except (UnavailableError, RuntimeError) as exc:  # a dead core has nothing left to unload
+            log.debug("unload in the engine core: %s", exc)
+
+    def statistics(self, slot: VersionSlot) -> dict[str, Any] | None:
+        try:
+            reply = self._call("stats", 10, handle=slot.handle) if slot.handle else None
+        except (UnavailableError, RuntimeError):
+            return None
+        return None if reply is None else dict(reply["stats"])
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def submit(self, slot: VersionSlot, request: InferRequest) -> None:
+        data = self._data
+        if data is None or not self._up or not slot.handle:
+            raise UnavailableError(f"model '{slot.name}': the engine core is restarting; retry")
+        token = next(self._tokens)
+        blocks: list[int] = []
+        message = encode_submit(token, slot.handle, request, slot.inputs, slot.output_index, self.input_arena,
+                                self._in_alloc, blocks)
+        with self._lock:
+            self._inflight[token] = (request, blocks, slot)
+            self._token_of[id(request)] = token
+            slot.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        try:
+            if loop is None:
+                data.send(message)
+                return
+            # on the event loop: every submit of this iteration goes out in one write
+            self._outbox.append(message)
+            if len(self._outbox) == 1:
+                self._flush_loop = loop
+                loop.call_soon(self._flush)
+        except OSError:
+            self._forget(token)
+            raise UnavailableError(f"model '{slot.name}': the engine core exited; retry") from None
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        data = self._data
+        if not outbox or data is None:
+            return
+        try:
+            data.send(b"".join(outbox))
+        except OSError:  # the reader sees the core's exit and fails these requests
+            pass
+
+    def cancel(self, request: InferRequest) -> bool:
+        """Ask the core to drop a queued request; it answers (CANCELLED, or the result) either way."""
+        token = self._token_of.get(id(request))
+        data = self._data
+        if token is not None and data is not None:
+            try:
+                data.send(encode_cancel(token))
+            except OSError:
+                pass
+        return False
+
+    def _forget(self, token: int) -> tuple[InferRequest, list[int], VersionSlot] | None:
+        with self._lock:
+            entry = self._inflight.pop(token, None)
+            if entry is not None:
+                self._token_of.pop(id(entry[0]), None)
+                entry[2].pending -= 1
+        if entry is not None:
+            for offset in entry[1]:
+                self._in_alloc.free(offset)
+        return entry
+
+    def _read(self, data: Channel, generation: int) -> None:
+        freed: list[int] = []
+        try:
+            for kind, body in data.frames():
+                if kind != DONE:
+                    continue
+                freed.clear()
+                instance, done = read_done(body, self.output_arena, freed)
+                if freed:
+                    data.send(encode_free(freed))
+                self._complete(instance, done)
+        except Exception:  # a frame that does not parse: treat the core as broken
+            log.exception("engine core: unreadable message; restarting it")
+        if generation == self._generation:
+            self._core_exited()
+
+    def _complete(self, instance: str, done: list[Any]) -> None:
+        finished: list[InferRequest] = []
+        for d in done:
+            entry = self._forget(d.token)
+            if entry is None:
+                continue
+            request, _blocks, slot = entry
+            request.compute_start_ns, request.compute_input_end_ns = d.times[0], d.times[1]
+            request.compute_output_start_ns, request.compute_end_ns = d.times[2], d.times[3]
+            if d.status:
+                request.error = error_for(d.status, d.message, slot.name)
+            else:
+                request.outputs = {slot.outputs[i]: array for i, array in d.outputs}
+            finished.append(request)
+        if _tracing.ANY_ACTIVE and finished and finished[0].compute_start_ns:
+            _tracing.record_batch(finished, instance)
+        _deliver(finished)
+
+    # ---- a dead core ---------------------------------------------------------------------------------
+
+    def _fail_inflight(self, why: str) -> None:
+        with self._lock:
+            entries = list(self._inflight.values())
+            self._inflight.clear()
+            self._token_of.clear()
+            for _request, _blocks, slot in entries:
+                slot.pending = 0
+        self._in_alloc.reset()
+        failed = []
+        for request, _blocks, _slot in entries:
+            request.error = UnavailableError(f"model '{request.model.name}': {why}; retry")
+            failed.append(request)
+        _deliver(failed)
+
+    def _core_exited(self) -> None:
+        self._up = False
+        if self._stopping:
+            return
+        code = self.process.wait() if self.process is not None else None
+        log.error("engine core process exited (status %s): failing its in-flight requests, restarting it", code)
+        self._fail_inflight("the engine core exited while running this request")
+        for channel in (self._data, self._control_channel):
+            if channel is not None:
+                channel.close()
+        while not self._stopping:
+            wait = self._backoff - (time.monotonic() - self._last_start)
+            if wait > 0:
+                time.sleep(wait)
+            # a core that keeps dying is restarted less and less often
+            self._backoff = _RESTART_MIN_S if time.monotonic() - self._last_start > 60 else min(
+                _RESTART_MAX_S, self._backoff * 2)
+            try:
+                self.start()
+                break
+            except Exception:
+                log.exception("engine core: restart failed")
+        if self._stopping:
+            return
+        self.restarts += 1
+        self._reload()
+
+    def _reload(self) -> None:
+        """Load every version the dead core had into the new one; their proxies follow the new handles."""
+        with self._lock:
+            slots = list(self._slots)
+        for slot in slots:
+            slot.handle = 0
+            try:
+                reply = self._call("load", **slot.load_args)
+            except Exception as exc:
+                log.error("model %s version %d: reload in the restarted engine core failed: %s",
+                          slot.name, slot.version, exc)
+                continue
+            if not reply["ready"]:
+                log.error("model %s version %d: reload in the restarted engine core failed: %s",
+                          slot.name, slot.version, reply["reason"])
+            elif slot.released:
+                self._unload(reply["handle"], 0)
+            else:
+                slot.handle = reply["handle"]
+        log.info("engine core restarted (%d version(s) loaded again)", sum(1 for s in slots if s.handle))
+
+
+def _deliver(requests: list[InferRequest]) -> None:
+    """Hand finished requests to their sinks, one call per sink (as the Scheduler does)."""
+    by_sink: dict[int, tuple[Any, list[InferRequest]]] = {}
+    for r in requests:
+        if r.sink is None:
+            continue
+        entry = by_sink.get(id(r.sink))
+        if entry is None:
+            by_sink[id(r.sink)] = (r.sink, [r])
+        else:
+            entry[1].append(r)
+    for sink, group in by_sink.values():
+        try:
+            sink.deliver(group)
+        except Exception:  # a transport that went away must not stop the reader
+            log.exception("delivering results from the engine core failed")
+
+
+def core_log_level() -> str:
+    """The core logs warnings and errors (and debug when the front end does)."""
+    level = logging.getLogger("tensorgate").getEffectiveLevel()
+    return "DEBUG" if level <= logging.DEBUG else "WARNING"  # state lines are the front end's to log

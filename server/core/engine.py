@@ -1,0 +1,265 @@
+"""The engine core process: model versions, their schedulers and engines, behind two sockets.
+
+Started by the front end (``python -m tensorgate.server.core.engine``) with inherited
+descriptors: a data socket (binary frames, protocol.py), a control socket (pickled
+load / unload / statistics calls, each answered from its own thread so a long unload
+never holds up a statistics call), and the two arenas (the front end writes inputs in
+one, the core writes outputs in the other). The core loads a version with the same
+``load_model_version`` an inline server uses and runs the real Scheduler; the sink of
+its requests packs each finished batch into one DONE frame.
+
+Every SUBMIT is checked before use (indices, dtype, shape, arena bounds): a malformed
+one is answered with an error, never read outside the arena. The core exits when the
+front end goes away (its sockets close).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensorgate.clients.pb import model_config_pb2 as mc
+
+from ..errors import CancelledError, InvalidArgumentError
+from ..model import ModelVersion, load_model_version
+from ..request import InferRequest, RequestedOutput
+from ..scheduler import Scheduler
+from .arena import Allocator, Arena, ArenaError
+from .channel import Channel, check_peer, status_of
+from .control import CONTROL_CALL, CONTROL_REPLY, read_call, snapshot_statistics
+from .protocol import (
+    CANCEL,
+    DONE,
+    FREE,
+    SUBMIT,
+    ProtocolError,
+    done_header,
+    encode_done_request,
+    frame,
+    read_free,
+    read_submit,
+    read_token,
+)
+
+__all__ = ["main"]
+
+log = logging.getLogger("tensorgate.core")
+_now = time.monotonic_ns
+
+
+@dataclass
+class _Loaded:
+    mv: ModelVersion
+    inputs: list[str]
+    outputs: list[str]
+    out_index: dict[str, int] = field(default_factory=dict)
+
+
+class EngineCore:
+    """The versions one core serves, keyed by handle."""
+
+    def __init__(self, data: Channel, control: Channel, inputs: Arena, outputs: Arena) -> None:
+        self.data = data
+        self.control = control
+        self.input_arena = inputs
+        self.output_arena = outputs
+        self.out_alloc = Allocator(outputs.size)
+        self._versions: dict[int, _Loaded] = {}
+        self._next_handle = 1
+        self._tokens: dict[int, InferRequest] = {}
+        self._lock = threading.Lock()
+
+    # ---- control --------------------------------------------------------------------------
+
+    def serve_control(self) -> None:
+        for kind, body in self.control.frames():
+            if kind != CONTROL_CALL:
+                continue
+            call_id, op, args = read_call(body)
+            threading.Thread(target=self._answer, args=(call_id, op, args), daemon=True,
+                             name=f"tg-core-{op}").start()
+
+    def _answer(self, call_id: int, op: str, args: dict[str, Any]) -> None:
+        try:
+            result: Any = getattr(self, f"op_{op}")(**args)
+            reply = (call_id, True, result)
+        except Exception as exc:  # the caller gets the reason; the core keeps serving
+            log.exception("engine core: %s failed", op)
+            reply = (call_id, False, f"{type(exc).__name__}: {exc}")
+        try:
+            self.control.send_object(CONTROL_REPLY, reply)
+        except OSError:
+            pass
+
+    def op_ping(self) -> int:
+        return os.getpid()
+
+    def op_load(self, name: str, version: int, model_file: str, config: bytes, max_batch_size_given: bool,
+                engine_settings: Any) -> dict[str, Any]:
+        given = mc.ModelConfig.FromString(config)
+        mv = load_model_version(name, version, Path(model_file), given, max_batch_size_given=max_batch_size_given,
+                                engine_settings=engine_settings)
+        if not mv.ready:
+            return {"ready": False, "reason": mv.reason}
+        with self._lock:
+            handle = self._next_handle
+            self._next_handle += 1
+            outputs = list(mv.outputs)
+            self._versions[handle] = _Loaded(mv, list(mv.inputs), outputs, {n: i for i, n in enumerate(outputs)})
+        return {
+            "ready": True, "handle": handle, "config": mv.config.SerializeToString(), "engine_kind": mv.engine_kind,
+            "cache_hit": mv.cache_hit, "warmup_runs": mv.warmup_runs, "accuracy": mv.accuracy,
+            "input_guard": mv.input_guard, "instances": mv.scheduler.instance_count if mv.scheduler else 0,
+        }
+
+    def op_unload(self, handle: int, wait: float | None) -> bool:
+        with self._lock:
+            loaded = self._versions.get(handle)
+        if loaded is None:
+            return False
+        loaded.mv.stop(wait)
+        with self._lock:
+            self._versions.pop(handle, None)
+        return True
+
+    def op_stats(self, handle: int) -> dict[str, Any] | None:
+        loaded = self._versions.get(handle)
+        if loaded is None or not isinstance(loaded.mv.scheduler, Scheduler):
+            return None
+        scheduler = loaded.mv.scheduler
+        return {"stats": snapshot_statistics(scheduler.statistics), "pending": scheduler.pending}
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    def serve_data(self) -> None:
+        for kind, body in self.data.frames():
+            if kind == SUBMIT:
+                self._submit(body)
+            elif kind == CANCEL:
+                self._cancel(read_token(body))
+            elif kind == FREE:
+                for offset in read_free(body):
+                    self.out_alloc.free(offset)
+
+    def _submit(self, body: memoryview) -> None:
+        try:
+            msg = read_submit(body, self.input_arena)
+        except (ProtocolError, ArenaError) as exc:
+            # refused before any tensor is read; the front end frees the request's blocks on this answer
+            token = int.from_bytes(bytes(body[:8]), "little") if len(body) >= 8 else 0
+            log.error("engine core: refused a malformed request: %s", exc)
+            self._answer_error(token, InvalidArgumentError(f"malformed request refused by the engine core: {exc}"))
+            return
+        loaded = self._versions.get(msg.handle)
+        if loaded is None:
+            self._answer_error(msg.token, InvalidArgumentError(f"no model version with handle {msg.handle}"))
+            return
+        mv = loaded.mv
+        try:
+            inputs = {loaded.inputs[i]: array for i, array in msg.inputs}
+            requested = [RequestedOutput(loaded.outputs[i], 0) for i in msg.outputs]
+        except IndexError:
+            self._answer_error(msg.token, InvalidArgumentError("malformed request: tensor index out of range"))
+            return
+        merge_key = tuple((n, a.shape[1:]) for n, a in inputs.items()) if mv.batching else ()
+        request = InferRequest(mv, str(msg.token), inputs, requested, msg.batch_size, merge_key, msg.arrival_ns)
+        request.priority = msg.priority
+        request.timeout_us = msg.timeout_us
+        request.deadline_ns = msg.deadline_ns
+        request.waiter = msg.token
+        request.sink = self
+        request.parameters = loaded.out_index  # unused in the core otherwise: where DONE finds output indices
+        with self._lock:
+            self._tokens[msg.token] = request
+        scheduler = mv.scheduler
+        try:
+            assert scheduler is not None
+            scheduler.submit(request)
+        except Exception as exc:  # queue full, unloading: answered at once, as inline
+            with self._lock:
+                self._tokens.pop(msg.token, None)
+            self._answer_error(msg.token, exc)
+
+    def _cancel(self, token: int) -> None:
+        with self._lock:
+            request = self._tokens.get(token)
+        if request is None or request.model.scheduler is None:
+            return
+        if request.model.scheduler.cancel(request):  # dropped from the queue: never delivered, answer now
+            request.error = CancelledError("the client cancelled the request")
+            self.deliver([request])
+
+    def _answer_error(self, token: int, exc: BaseException) -> None:
+        parts = [done_header("", 1)]
+        encode_done_request(parts, token, status_of(exc), (0, 0, 0, 0), str(exc), (),
+                            self.output_arena, self.out_alloc)
+        self._send_done(parts)
+
+    def deliver(self, requests: Sequence[InferRequest]) -> None:
+        """The scheduler's sink: one DONE frame per batch, outputs in the output arena."""
+        instance = threading.current_thread().name
+        parts = [done_header(instance, len(requests))]
+        with self._lock:
+            for r in requests:
+                self._tokens.pop(r.waiter, None)
+        for r in requests:
+            times = (r.compute_start_ns, r.compute_input_end_ns, r.compute_output_start_ns, r.compute_end_ns)
+            if r.error is not None or r.outputs is None:
+                error = r.error or CancelledError("the request was not run")
+                encode_done_request(parts, r.waiter, status_of(error), times, str(error), (),
+                                    self.output_arena, self.out_alloc)
+                continue
+            index = r.parameters
+            outputs = [(index[o.name], r.outputs[o.name]) for o in r.requested if o.name in r.outputs]
+            encode_done_request(parts, r.waiter, 0, times, "", outputs, self.output_arena, self.out_alloc)
+        self._send_done(parts)
+
+    def _send_done(self, parts: list[bytes]) -> None:
+        try:
+            self.data.send(frame(DONE, b"".join(parts)))
+        except OSError:  # the front end went away: the core exits with it
+            pass
+
+    def stop(self) -> None:
+        with self._lock:
+            loaded = list(self._versions.values())
+            self._versions.clear()
+        for entry in loaded:
+            entry.mv.stop(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tensorgate-engine-core")
+    p.add_argument("--data-fd", type=int, required=True)
+    p.add_argument("--control-fd", type=int, required=True)
+    p.add_argument("--input-arena-fd", type=int, required=True)
+    p.add_argument("--output-arena-fd", type=int, required=True)
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s engine-core %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when the core stops
+    data = socket.socket(fileno=args.data_fd)
+    control = socket.socket(fileno=args.control_fd)
+    for sock in (data, control):
+        check_peer(sock)
+    core = EngineCore(Channel(data), Channel(control), Arena.attach(args.input_arena_fd),
+                      Arena.attach(args.output_arena_fd))
+    threading.Thread(target=core.serve_data, name="tg-core-data", daemon=True).start()
+    core.serve_control()  # returns when the front end closes the control socket
+    core.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

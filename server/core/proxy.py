@@ -1,0 +1,64 @@
+"""The front end's stand-in for a model version's Scheduler when the engine core runs in its own process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..request import InferRequest
+from ..statistics import ModelStatistics
+from .control import RemoteStatistics
+
+if TYPE_CHECKING:
+    from ..telemetry.drift import DriftMonitor
+    from .client import EngineCoreClient, VersionSlot
+
+__all__ = ["CoreScheduler", "RemoteEngine"]
+
+
+class RemoteEngine:
+    """What the front end knows of an engine that lives in the core: its kind (traces, build rows)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def close(self) -> None:
+        """The core closes the real engine when the version is unloaded there."""
+
+
+class CoreScheduler:
+    """The Scheduler's interface (submit, cancel, stop, pending, instance_count, statistics, drift, start),
+    answered by the engine core: requests and results cross through the client's arenas."""
+
+    def __init__(self, client: EngineCoreClient, slot: VersionSlot, instances: int) -> None:
+        self._client = client
+        self._slot = slot
+        self._instances = instances
+        self._local = ModelStatistics()  # what this front end counts itself: response cache hits and misses
+        self.drift: DriftMonitor | None = None  # the core's monitor counts; its metrics are not relayed yet
+
+    def start(self) -> None:
+        """The core started the real scheduler when it loaded the version."""
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        self._client.unload(self._slot, timeout)
+
+    def submit(self, request: InferRequest) -> None:
+        self._client.submit(self._slot, request)
+
+    def cancel(self, request: InferRequest) -> bool:
+        return self._client.cancel(request)
+
+    @property
+    def pending(self) -> int:
+        return self._slot.pending
+
+    @property
+    def instance_count(self) -> int:
+        return self._instances
+
+    @property
+    def statistics(self) -> ModelStatistics:
+        return RemoteStatistics(self._local, self._fetch)
+
+    def _fetch(self) -> dict[str, Any] | None:
+        return self._client.statistics(self._slot)
