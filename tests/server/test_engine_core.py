@@ -1,0 +1,237 @@
+"""--engine-core process (issue 13 part 1): the engine core in its own process, tensors through shared memory.
+
+A real server with a real core process: a killed core is restarted (its in-flight requests fail UNAVAILABLE
+at once, later ones are served), a message naming a block outside the arena is refused by the core, nothing
+stays mapped or named after a stop or a kill, oversized tensors take the inline path, and the flag is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from support import REPO_ROOT, RunningServer, write_model
+from tensorgate.clients.pb import grpc_service_pb2 as pb
+from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.server.core.arena import Allocator, Arena, ArenaError
+from tensorgate.server.core.client import EngineCoreClient
+from tensorgate.server.core import protocol
+from tensorgate.server.core.protocol import SUBMIT, encode_submit, frame, read_submit
+from tensorgate.server.demo.models import build_slow
+from tensorgate.server.errors import InvalidArgumentError, UnavailableError
+from tensorgate.server.request import InferRequest, RequestedOutput
+from tensorgate.server.settings import ServerSettings
+
+T = pb.ModelInferRequest.InferInputTensor
+
+
+@pytest.fixture(scope="module")
+def core_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("core")
+    build_slow(repo / "slow" / "1" / "model.onnx", size=1024, steps=8)
+    (repo / "slow" / "config.pbtxt").write_text(
+        "max_batch_size: 4\ndynamic_batching { }\ninstance_group [ { kind: KIND_CPU count: 1 } ]\n")
+    write_model(repo, "simple", 'max_batch_size: 8\ndynamic_batching { }\n')
+    return repo
+
+
+def _slow(i: int) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(model_name="slow", id=f"r{i}", inputs=[T(name="INPUT0", datatype="FP32", shape=[1, 4])],
+                                raw_input_contents=[np.full((1, 4), i, np.float32).tobytes()])
+
+
+def _simple(value: int, rows: int = 1) -> pb.ModelInferRequest:
+    data = np.full((rows, 16), value, np.int32).tobytes()
+    return pb.ModelInferRequest(
+        model_name="simple",
+        inputs=[T(name="INPUT0", datatype="INT32", shape=[rows, 16]), T(name="INPUT1", datatype="INT32", shape=[rows, 16])],
+        raw_input_contents=[data, data])
+
+
+def _memfd_maps(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return [line for line in maps if "memfd:tensorgate" in line]
+
+
+@pytest.fixture()
+def process_server(core_repository: Path) -> Iterator[RunningServer]:
+    handle = RunningServer(core_repository, engine_core="process").start()
+    yield handle
+    handle.stop()
+
+
+def test_requests_run_in_the_core_process(process_server: RunningServer) -> None:
+    core = process_server.server.core
+    assert core is not None and core.pid and core.pid != os.getpid()
+    stub = pb_grpc.GRPCInferenceServiceStub(process_server.channel())
+    reply = stub.ModelInfer(_simple(3), timeout=30)
+    out = np.frombuffer(reply.raw_output_contents[0], np.int32)
+    assert (out == 6).all()
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="simple"), timeout=30).model_stats[0]
+    assert stats.inference_stats.success.count == 1 and stats.execution_count == 1  # the core counted it
+    # the engine is not in the front end: no ONNX Runtime session was created in this process's threads
+    assert process_server.server.registry.resolve("simple").engine.__class__.__name__ == "RemoteEngine"
+
+
+def test_killed_core_is_restarted_in_flight_fail_unavailable(process_server: RunningServer) -> None:
+    core = process_server.server.core
+    assert core is not None
+    stub = pb_grpc.GRPCInferenceServiceStub(process_server.channel())
+    stub.ModelInfer(_slow(0), timeout=60)  # warm
+    old_pid = core.pid
+    in_flight = [stub.ModelInfer.future(_slow(i), timeout=60) for i in range(1, 9)]
+    time.sleep(0.3)  # queued and running in the core
+    killed = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    codes = []
+    for future in in_flight:
+        error = future.exception(timeout=30)
+        codes.append(grpc.StatusCode.OK if error is None else error.code())
+    answered = time.monotonic() - killed
+    assert grpc.StatusCode.UNAVAILABLE in codes, codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert answered < 10, f"in-flight requests took {answered:.1f} s to fail"
+    deadline = time.monotonic() + 120
+    while True:  # the restarted core loads the models again, then serves
+        try:
+            reply = stub.ModelInfer(_simple(5), timeout=30)
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            assert time.monotonic() < deadline, "the core was not restarted"
+            time.sleep(0.2)
+    assert (np.frombuffer(reply.raw_output_contents[0], np.int32) == 10).all()
+    assert core.pid != old_pid and core.restarts == 1
+    stub.ModelInfer(_slow(99), timeout=60)
+    assert not os.path.exists(f"/proc/{old_pid}/status") or "zombie" in open(f"/proc/{old_pid}/status").read()
+
+
+@pytest.fixture()
+def client(core_repository: Path) -> Iterator[tuple[EngineCoreClient, object]]:
+    core = EngineCoreClient(arena_bytes=1 << 16)
+    core.start()
+    mv = core.load_version("simple", 1, core_repository / "simple" / "1" / "model.onnx",
+                           mc.ModelConfig(name="simple", max_batch_size=8), max_batch_size_given=True)
+    assert mv.ready, mv.reason
+    yield core, mv
+    assert mv.scheduler is not None
+    mv.scheduler.stop(5)
+    core.stop()
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.requests: list[InferRequest] = []
+
+    def deliver(self, requests: object) -> None:
+        self.requests.extend(requests)  # type: ignore[call-overload]
+        self.done.set()
+
+
+def _core_request(mv: object, rows: int, value: int = 1) -> InferRequest:
+    arrays = {name: np.full((rows, 16), value, np.int32) for name in ("INPUT0", "INPUT1")}
+    r = InferRequest(mv, "x", arrays, [RequestedOutput("OUTPUT0", 0)], rows,  # type: ignore[arg-type]
+                     tuple((n, a.shape[1:]) for n, a in arrays.items()), time.monotonic_ns())
+    r.sink = _Collect()
+    return r
+
+
+def test_offset_outside_the_arena_is_refused_by_the_core(client: tuple[EngineCoreClient, object]) -> None:
+    core, mv = client
+    slot = mv.scheduler._slot  # type: ignore[attr-defined]
+    request = _core_request(mv, 1)
+    blocks: list[int] = []
+    good = encode_submit(77, slot.handle, request, slot.inputs, slot.output_index, core.input_arena,
+                         Allocator(core.input_arena.size), blocks)
+    body = bytearray(good[5:])
+    # the first tensor's offset sits after the fixed header and its index/dtype/rank (4 bytes)
+    at = protocol._SUBMIT.size + 4
+    body[at:at + 8] = (core.input_arena.size + 4096).to_bytes(8, "little", signed=True)
+    with pytest.raises(ArenaError):
+        read_submit(memoryview(bytes(body)), core.input_arena)  # the core's own check, here in-process
+    core._inflight[77] = (request, [], slot)  # as submit() records it
+    slot.pending += 1
+    assert core._data is not None
+    core._data.send(frame(SUBMIT, bytes(body)))
+    assert request.sink.done.wait(10)  # type: ignore[union-attr]
+    assert isinstance(request.error, InvalidArgumentError) and "outside the arena" in str(request.error)
+    # the core kept serving
+    ok = _core_request(mv, 2, 4)
+    mv.scheduler.submit(ok)  # type: ignore[attr-defined]
+    assert ok.sink.done.wait(10) and ok.error is None  # type: ignore[union-attr]
+    assert (ok.outputs["OUTPUT0"] == 8).all()  # type: ignore[index]
+
+
+def test_oversized_tensors_take_the_inline_path(client: tuple[EngineCoreClient, object]) -> None:
+    core, mv = client
+    big = _core_request(mv, 8, 2)  # fits: 8 x 16 x 4 bytes per input
+    mv.scheduler.submit(big)  # type: ignore[attr-defined]
+    assert big.sink.done.wait(10) and big.error is None  # type: ignore[union-attr]
+    # now an arena too small for anything: every tensor goes inline, nothing fails
+    small = EngineCoreClient(arena_bytes=64)
+    small.start()
+    try:
+        mv2 = small.load_version("simple", 1, Path(mv.path) / "1" / "model.onnx",  # type: ignore[attr-defined]
+                                 mc.ModelConfig(name="simple", max_batch_size=8), max_batch_size_given=True)
+        r = _core_request(mv2, 8, 3)
+        mv2.scheduler.submit(r)  # type: ignore[union-attr]
+        assert r.sink.done.wait(10) and r.error is None, r.error  # type: ignore[union-attr]
+        assert (r.outputs["OUTPUT0"] == 6).all()  # type: ignore[index]
+        mv2.scheduler.stop(5)  # type: ignore[union-attr]
+    finally:
+        small.stop()
+
+
+def test_nothing_stays_mapped_after_stop_or_kill(core_repository: Path) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    core = EngineCoreClient()
+    core.start()
+    first = core.pid
+    assert _memfd_maps(first) and _memfd_maps(os.getpid())
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while core.pid == first or not core._up:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    second = core.pid
+    core.stop()
+    assert not _memfd_maps(os.getpid()), "the arenas are still mapped in the front end"
+    assert core.process is not None and core.process.poll() is not None
+    assert not os.path.exists(f"/proc/{second}/maps")
+    assert set(os.listdir("/dev/shm")) <= shm_before  # memfds have no name: nothing to leak after a kill
+
+
+def test_calls_after_stop_fail_unavailable() -> None:
+    core = EngineCoreClient()
+    core.start()
+    core.stop()
+    with pytest.raises(UnavailableError):
+        core._call("ping")
+
+
+def test_engine_core_flag_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="engine core 'gpu' is not one of inline, process"):
+        ServerSettings(engine_core="gpu")
+    monkeypatch.setenv("TENSORGATE_ENGINE_CORE", "Process")
+    assert ServerSettings().engine_core == "process"
+    monkeypatch.setenv("TENSORGATE_ENGINE_CORE", "bogus")
+    with pytest.raises(ValueError, match="TENSORGATE_ENGINE_CORE"):
+        ServerSettings()
+    env = {k: v for k, v in os.environ.items() if k != "TENSORGATE_ENGINE_CORE"}
+    for extra in (["--engine-core", "sideways"], ["--engine-core", "process", "--workers", "2"]):
+        result = subprocess.run([sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", "0", *extra],
+                                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "--engine-core" in result.stderr
