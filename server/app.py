@@ -87,10 +87,12 @@ class InferenceServer:
         self.metrics_certificates = settings.security.metrics_certificates(self.certificates)
         # --engine-core process: schedulers and engines live in a child process, started in start()
         self.core: EngineCoreClient | None = None
+        self.before_core_stop: Callable[[], None] | None = None  # --frontends: let the other front ends drain
         if settings.engine_core == "process":
             from .core.client import EngineCoreClient, core_log_level
 
-            self.core = EngineCoreClient(core_log_level())
+            self.core = EngineCoreClient(core_log_level(), listen=settings.frontends > 1,
+                                         connect=settings.core_socket)
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
@@ -276,8 +278,10 @@ class InferenceServer:
         self._serving = False
 
     def _stop_core(self) -> None:
+        if self.before_core_stop is not None:
+            self.before_core_stop()
         if self.core is not None:
-            self.core.stop()  # the core exits; the arenas are unmapped
+            self.core.stop()  # the core exits (when this front end started it); the arenas are unmapped
 
     def summary(self) -> list[str]:
         """Startup lines: where it listens and each model's state."""

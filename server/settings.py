@@ -122,12 +122,16 @@ class ServerSettings:
         if self.engine_core not in ENGINE_CORES:
             raise ValueError(f"engine core {self.engine_core!r} is not one of {', '.join(ENGINE_CORES)} "
                              "(--engine-core / TENSORGATE_ENGINE_CORE)")
+        if self.frontends < 1 or (self.frontends > 1 and self.engine_core != "process"):
+            raise ValueError("--frontends N needs N >= 1, and --engine-core process when N > 1")
 
     @property
     def resolved_http_address(self) -> str:
         return self.http_address or self.grpc_address
     response_cache_bytes: int | None = None
     engine_core: str = field(default_factory=lambda: default_engine_core())
+    frontends: int = 1
+    core_socket: str = ""
 
     @property
     def resolved_cache_dir(self) -> Path:

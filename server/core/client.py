@@ -20,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -69,8 +72,14 @@ class VersionSlot:
 class EngineCoreClient:
     """One engine core process and the front end's connection to it."""
 
-    def __init__(self, log_level: str = "WARNING", arena_bytes: int = ARENA_BYTES) -> None:
+    def __init__(self, log_level: str = "WARNING", arena_bytes: int = ARENA_BYTES, *, listen: bool = False,
+                 connect: str = "") -> None:
+        """``listen``: this front end starts the core and lets more front ends connect (--frontends N);
+        ``connect``: the socket path of a core another front end started (this one is front end 2..N)."""
         self._log_level = log_level
+        self._connect_path = connect
+        self._private_dir = "" if connect or not listen else tempfile.mkdtemp(prefix="tensorgate-core-")  # 0700
+        self.socket_path = connect or (os.path.join(self._private_dir, "core.sock") if self._private_dir else "")
         self.input_arena = Arena.create(arena_bytes, "tensorgate-inputs")
         self.output_arena = Arena.create(arena_bytes, "tensorgate-outputs")
         self._in_alloc = Allocator(arena_bytes)
@@ -99,12 +108,21 @@ class EngineCoreClient:
         data_here, data_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         control_here, control_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = (data_there.fileno(), control_there.fileno(), self.input_arena.fd, self.output_arena.fd)
-        cmd = [sys.executable, "-m", "tensorgate.server.core.engine", "--data-fd", str(fds[0]),
-               "--control-fd", str(fds[1]), "--input-arena-fd", str(fds[2]), "--output-arena-fd", str(fds[3]),
-               "--log-level", self._log_level]
         self._last_start = time.monotonic()
         try:
-            self.process = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL)
+            if self._connect_path:
+                self._attach(fds)
+            else:
+                cmd = [sys.executable, "-m", "tensorgate.server.core.engine", "--data-fd", str(fds[0]),
+                       "--control-fd", str(fds[1]), "--input-arena-fd", str(fds[2]), "--output-arena-fd",
+                       str(fds[3]), "--log-level", self._log_level]
+                if self.socket_path:
+                    cmd += ["--listen", self.socket_path]
+                self.process = subprocess.Popen(cmd, pass_fds=fds, stdin=subprocess.DEVNULL)
+        except BaseException:
+            data_here.close()
+            control_here.close()
+            raise
         finally:
             data_there.close()
             control_there.close()
@@ -120,6 +138,14 @@ class EngineCoreClient:
         pid = self._control.call("ping", timeout=120)
         self._up = True
         log.info("engine core process %d started", pid)
+
+    def _attach(self, fds: tuple[int, int, int, int]) -> None:
+        """Hand our socket ends and arenas to a core another front end started (raises OSError when it is not up)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(self._connect_path)
+            check_peer(sock)
+            socket.send_fds(sock, [b"tensorgate front end"], list(fds))
 
     def stop(self) -> None:
         """Stop the core (the versions were unloaded by the registry) and unmap the arenas."""
@@ -137,6 +163,8 @@ class EngineCoreClient:
         self._fail_inflight("the server is stopping")
         self.input_arena.close()
         self.output_arena.close()
+        if self._private_dir:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
 
     @property
     def pid(self) -> int:
@@ -328,7 +356,8 @@ class EngineCoreClient:
         if self._stopping:
             return
         code = self.process.wait() if self.process is not None else None
-        log.error("engine core process exited (status %s): failing its in-flight requests, restarting it", code)
+        log.error("engine core process exited (status %s): failing its in-flight requests, %s", code,
+                  "reconnecting" if self._connect_path else "restarting it")
         self._fail_inflight("the engine core exited while running this request")
         for channel in (self._data, self._control_channel):
             if channel is not None:
@@ -339,12 +368,15 @@ class EngineCoreClient:
                 time.sleep(wait)
             # a core that keeps dying is restarted less and less often
             self._backoff = _RESTART_MIN_S if time.monotonic() - self._last_start > 60 else min(
-                _RESTART_MAX_S, self._backoff * 2)
+                _RESTART_MAX_S, self._backoff * (1 if self._connect_path else 2))
             try:
                 self.start()
                 break
-            except Exception:
-                log.exception("engine core: restart failed")
+            except Exception as exc:
+                if self._connect_path:  # the first front end restarts the core: wait for it
+                    log.debug("engine core not back yet: %s", exc)
+                else:
+                    log.exception("engine core: restart failed")
         if self._stopping:
             return
         self.restarts += 1

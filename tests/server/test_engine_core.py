@@ -235,3 +235,126 @@ def test_engine_core_flag_validation(tmp_path: Path, monkeypatch: pytest.MonkeyP
                                 cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert "--engine-core" in result.stderr
+
+
+# ---- --frontends N: several front ends, one engine core ----------------------------------------------------
+
+def _slow_request(mv: object, value: float) -> InferRequest:
+    arrays = {"INPUT0": np.full((1, 4), value, np.float32)}
+    r = InferRequest(mv, "s", arrays, [RequestedOutput("OUTPUT0", 0)], 1,  # type: ignore[arg-type]
+                     (("INPUT0", (4,)),), time.monotonic_ns())
+    r.sink = _Collect()
+    return r
+
+
+def test_two_front_ends_share_one_version_and_one_batch(core_repository: Path) -> None:
+    owner = EngineCoreClient(listen=True)
+    owner.start()
+    second = EngineCoreClient(connect=owner.socket_path)
+    try:
+        assert oct(os.stat(os.path.dirname(owner.socket_path)).st_mode & 0o777) == "0o700"
+        second.start()
+        config = mc.ModelConfig(name="slow", max_batch_size=8)
+        config.dynamic_batching.max_queue_delay_microseconds = 100_000
+        config.instance_group.add(count=1)
+        model_file = core_repository / "slow" / "1" / "model.onnx"
+        versions = [c.load_version("slow", 1, model_file, config, max_batch_size_given=True) for c in (owner, second)]
+        assert all(mv.ready for mv in versions)
+        slots = [mv.scheduler._slot for mv in versions]  # type: ignore[union-attr]
+        assert slots[0].handle == slots[1].handle  # one engine copy, one queue
+        for _ in range(3):
+            sent = [(i % 2, _slow_request(versions[i % 2], i)) for i in range(8)]
+            for which, r in sent:
+                versions[which].scheduler.submit(r)  # type: ignore[union-attr]
+            for _, r in sent:
+                assert r.sink.done.wait(60) and r.error is None, r.error  # type: ignore[union-attr]
+                assert (r.outputs["OUTPUT0"] == r.inputs["INPUT0"]).all()  # type: ignore[index]
+            starts: dict[int, set[int]] = {}
+            for which, r in sent:
+                starts.setdefault(r.compute_start_ns, set()).add(which)
+            if any(len(fronts) == 2 for fronts in starts.values()):
+                break
+        else:
+            pytest.fail(f"no batch held requests from both front ends: {starts}")
+        # statistics are the core's: exact and the same at either front end
+        a = versions[0].scheduler.statistics.to_pb("slow", "1")  # type: ignore[union-attr]
+        b = versions[1].scheduler.statistics.to_pb("slow", "1")  # type: ignore[union-attr]
+        assert a == b and a.inference_stats.success.count >= 8
+        # the core stays up while one front end still holds the version
+        versions[1].scheduler.stop(5)  # type: ignore[union-attr]
+        last = _slow_request(versions[0], 7)
+        versions[0].scheduler.submit(last)  # type: ignore[union-attr]
+        assert last.sink.done.wait(60) and last.error is None  # type: ignore[union-attr]
+        versions[0].scheduler.stop(5)  # type: ignore[union-attr]
+    finally:
+        second.stop()
+        owner.stop()
+    assert not os.path.exists(owner.socket_path)
+
+
+def test_the_core_socket_is_private_to_the_user(core_repository: Path) -> None:
+    owner = EngineCoreClient(listen=True)
+    owner.start()
+    try:
+        # the socket lives in a folder only this user can enter; the core also checks the peer's uid
+        folder = os.path.dirname(owner.socket_path)
+        assert os.stat(folder).st_uid == os.getuid() and os.stat(folder).st_mode & 0o077 == 0
+        stranger = EngineCoreClient(connect=os.path.join(folder, "missing.sock"))
+        with pytest.raises(OSError):
+            stranger.start()
+        stranger.stop()
+    finally:
+        owner.stop()
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                cmdline = cmd.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append((int(entry), cmdline))
+    return out
+
+
+def test_serve_frontends_two_processes_one_core(core_repository: Path) -> None:
+    from support import serve_subprocess
+
+    with serve_subprocess(core_repository, "--frontends", "2", "--allow-http", "false") as (proc, port):
+        kids = _children(proc.pid)
+        cores = [pid for pid, cmd in kids if "tensorgate.server.core.engine" in cmd]
+        fronts = [pid for pid, cmd in kids if "tensorgate.server serve" in cmd and "--core-socket" in cmd]
+        assert len(cores) == 1 and len(fronts) == 1, kids
+        assert _children(fronts[0]) == []  # the second front end has no engine core of its own
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(8)]  # new connections: both fronts
+        try:
+            futures = [pb_grpc.GRPCInferenceServiceStub(c).ModelInfer.future(_simple(i), timeout=60)
+                       for i, c in enumerate(channels) for _ in range(4)]
+            for i, future in enumerate(futures):
+                out = np.frombuffer(future.result().raw_output_contents[0], np.int32)
+                assert (out == 2 * (i // 4)).all()
+            counts = {pb_grpc.GRPCInferenceServiceStub(c).ModelStatistics(
+                pb.ModelStatisticsRequest(name="simple"), timeout=30).model_stats[0].inference_stats.success.count
+                for c in channels}
+            assert counts == {32}, counts  # the core's count, the same whichever front end answers
+        finally:
+            for c in channels:
+                c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        for pid in (*cores, *fronts):
+            assert not os.path.exists(f"/proc/{pid}/cmdline") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_frontends_refuse_explicit_model_control(core_repository: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "tensorgate.server", "serve", "--grpc-port", "0", "--frontends",
+                             "2", "--model-control-mode", "explicit"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "--frontends N does not combine with --model-control-mode explicit" in result.stderr
