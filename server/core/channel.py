@@ -103,6 +103,11 @@ class Channel:
             end += n
 
     def close(self) -> None:
+        # shutdown first: close() alone neither wakes a thread blocked in recv on it nor tells the peer
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:

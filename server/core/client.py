@@ -423,6 +423,5 @@ def _deliver(requests: list[InferRequest]) -> None:
 
 
 def core_log_level() -> str:
-    """The core logs warnings and errors (and debug when the front end does)."""
-    level = logging.getLogger("tensorgate").getEffectiveLevel()
-    return "DEBUG" if level <= logging.DEBUG else "WARNING"  # state lines are the front end's to log
+    """The core logs at the front end's level; its records come back to the front end's handlers."""
+    return logging.getLevelName(logging.getLogger("tensorgate").getEffectiveLevel())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import pickle
 import threading
 from typing import TYPE_CHECKING, Any
@@ -20,9 +21,10 @@ from .channel import Channel
 if TYPE_CHECKING:
     from ..request import InferRequest
 
-__all__ = ["CONTROL_CALL", "CONTROL_REPLY", "ControlClient", "RemoteStatistics", "read_call", "snapshot_statistics"]
+__all__ = ["CONTROL_CALL", "CONTROL_LOG", "CONTROL_REPLY", "ControlClient", "LogForwarder", "RemoteStatistics", "read_call", "snapshot_statistics"]
 
-CONTROL_CALL, CONTROL_REPLY = 16, 17
+CONTROL_CALL, CONTROL_REPLY, CONTROL_LOG = 16, 17, 18
+_PLAIN = (str, int, float, bool, type(None))
 _FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
            "cache_miss", "inference_count", "execution_count", "last_inference_ms", "batches", "failure_reasons",
            "queue_full")
@@ -78,6 +80,9 @@ class ControlClient:
     def _read(self) -> None:
         try:
             for kind, body in self._channel.frames():
+                if kind == CONTROL_LOG:
+                    _emit(pickle.loads(body))
+                    continue
                 if kind != CONTROL_REPLY:
                     continue
                 call_id, ok, result = pickle.loads(body)
@@ -93,6 +98,34 @@ class ControlClient:
             waiting = list(self._waiting.values())
         for slot in waiting:
             slot[0].set()
+
+
+class LogForwarder(logging.Handler):
+    """In the core: every record goes to the front end that started it, which logs it as its own (same
+    format, same --log-file, JSON or not); the record's message is formatted here, its extra fields kept."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self._channel = channel
+        self._formatter = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {k: v for k, v in record.__dict__.items() if isinstance(v, _PLAIN)}
+            fields["msg"], fields["args"] = record.getMessage(), None
+            if record.exc_info:
+                fields["exc_text"] = self._formatter.formatException(record.exc_info)
+            fields["tensorgate_core"] = True
+            self._channel.send_object(CONTROL_LOG, fields)
+        except Exception:  # logging must never take the core down
+            self.handleError(record)
+
+
+def _emit(fields: dict[str, Any]) -> None:
+    logger = logging.getLogger(str(fields.get("name", "tensorgate.core")))
+    record = logging.makeLogRecord(fields)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
 
 
 class RemoteStatistics(ModelStatistics):

@@ -40,7 +40,7 @@ from ..request import InferRequest, RequestedOutput
 from ..scheduler import Scheduler
 from .arena import Allocator, Arena, ArenaError
 from .channel import Channel, check_peer, status_of
-from .control import CONTROL_CALL, CONTROL_REPLY, read_call, snapshot_statistics
+from .control import CONTROL_CALL, CONTROL_REPLY, LogForwarder, read_call, snapshot_statistics
 from .protocol import (
     CANCEL,
     DONE,
@@ -345,15 +345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--listen", default="", help="Unix socket path where more front ends connect")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s engine-core %(levelname)s %(name)s: %(message)s")
+    control_channel = Channel(socket.socket(fileno=args.control_fd))
+    logging.basicConfig(level=args.log_level, handlers=[LogForwarder(control_channel)])
+    # the front end logs each version's state lines (LOADING, READY, UNAVAILABLE with the reason) itself
+    logging.getLogger("tensorgate.model").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when the core stops
     data = socket.socket(fileno=args.data_fd)
-    control = socket.socket(fileno=args.control_fd)
-    for sock in (data, control):
+    for sock in (data, control_channel.sock):
         check_peer(sock)
     core = EngineCore()
-    owner = core.connect(Channel(data), Channel(control), Arena.attach(args.input_arena_fd),
+    owner = core.connect(Channel(data), control_channel, Arena.attach(args.input_arena_fd),
                          Arena.attach(args.output_arena_fd))
     if args.listen:
         core.listen(args.listen)
