@@ -210,7 +210,7 @@ class EngineCoreClient:
         mv.accuracy = reply["accuracy"]
         mv.input_guard = reply["input_guard"]
         mv.engine = RemoteEngine(mv.engine_kind)  # type: ignore[assignment]
-        mv.scheduler = CoreScheduler(self, slot, reply["instances"])  # type: ignore[assignment]
+        mv.scheduler = CoreScheduler(self, slot, reply["instances"], reply["drift"])  # type: ignore[assignment]
         mv.state = ModelState.READY
         log.info("model %s version %d READY: %d instance(s) on %s in the engine core, max_batch_size %d", name,
                  version, reply["instances"], mv.engine_kind, mv.max_batch_size,
@@ -237,6 +237,13 @@ class EngineCoreClient:
         except (UnavailableError, RuntimeError):
             return None
         return None if reply is None else dict(reply["stats"])
+
+    def drift(self, slot: VersionSlot) -> dict[str, Any] | None:
+        try:
+            reply: dict[str, Any] | None = self._call("drift", 10, handle=slot.handle) if slot.handle else None
+        except (UnavailableError, RuntimeError):
+            return None
+        return reply
 
     # ---- requests -------------------------------------------------------------------------------
 

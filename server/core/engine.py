@@ -82,6 +82,12 @@ def _load_key(name: str, version: int, model_file: str, config: bytes, max_batch
     return name, version, model_file, config, max_batch_size_given, stamp
 
 
+def _drift_info(mv: ModelVersion) -> dict[str, Any] | None:
+    """What the front end's drift metrics need besides the counts (which it asks for at each scrape)."""
+    monitor = getattr(mv.scheduler, "drift", None)
+    return None if monitor is None else {"output": monitor.output, "labels": monitor.labels}
+
+
 class Connection:
     """One front end: its sockets, its arenas (inputs it writes, outputs the core writes) and its requests."""
 
@@ -269,6 +275,7 @@ class EngineCore:
             "ready": True, "config": mv.config.SerializeToString(), "engine_kind": mv.engine_kind,
             "cache_hit": mv.cache_hit, "warmup_runs": mv.warmup_runs, "accuracy": mv.accuracy,
             "input_guard": mv.input_guard, "instances": mv.scheduler.instance_count if mv.scheduler else 0,
+            "drift": _drift_info(mv),
         }
         outputs = list(mv.outputs)
         with self._lock:
@@ -298,6 +305,11 @@ class EngineCore:
             return None
         scheduler = loaded.mv.scheduler
         return {"stats": snapshot_statistics(scheduler.statistics), "pending": scheduler.pending}
+
+    def op_drift(self, connection: Connection, handle: int) -> dict[str, Any] | None:
+        loaded = self.versions.get(handle)
+        monitor = getattr(loaded.mv.scheduler, "drift", None) if loaded is not None else None
+        return None if monitor is None else monitor.snapshot()
 
     def stop(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ..telemetry.drift import DriftMonitor
     from .client import EngineCoreClient, VersionSlot
 
-__all__ = ["CoreScheduler", "RemoteEngine"]
+__all__ = ["CoreScheduler", "RemoteDrift", "RemoteEngine"]
 
 
 class RemoteEngine:
@@ -25,16 +25,34 @@ class RemoteEngine:
         """The core closes the real engine when the version is unloaded there."""
 
 
+class RemoteDrift:
+    """The drift monitor's face for the metrics endpoint: output, labels, and the core's snapshot."""
+
+    def __init__(self, client: EngineCoreClient, slot: VersionSlot, output: str, labels: list[str] | None) -> None:
+        self._client = client
+        self._slot = slot
+        self.output = output
+        self.labels = labels
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self._client.drift(self._slot)
+        return snap if snap is not None else {"rows": 0, "reference_rows": 0}
+
+
 class CoreScheduler:
     """The Scheduler's interface (submit, cancel, stop, pending, instance_count, statistics, drift, start),
     answered by the engine core: requests and results cross through the client's arenas."""
 
-    def __init__(self, client: EngineCoreClient, slot: VersionSlot, instances: int) -> None:
+    def __init__(self, client: EngineCoreClient, slot: VersionSlot, instances: int,
+                 drift: dict[str, Any] | None = None) -> None:
         self._client = client
         self._slot = slot
         self._instances = instances
         self._local = ModelStatistics()  # what this front end counts itself: response cache hits and misses
-        self.drift: DriftMonitor | None = None  # the core's monitor counts; its metrics are not relayed yet
+        # the core's monitor counts; the metrics endpoint reads its snapshot through this stand-in
+        self.drift: DriftMonitor | None = (
+            RemoteDrift(client, slot, drift["output"], drift["labels"]) if drift else None  # type: ignore[assignment]
+        )
 
     def start(self) -> None:
         """The core started the real scheduler when it loaded the version."""
