@@ -89,10 +89,10 @@ class InferenceServer:
         self.core: EngineCoreClient | None = None
         self.before_core_stop: Callable[[], None] | None = None  # --frontends: let the other front ends drain
         if settings.engine_core == "process":
-            from .core.client import EngineCoreClient, core_log_level
+            from .core.client import EngineCoreClient, core_log_level, core_reader
 
             self.core = EngineCoreClient(core_log_level(), listen=settings.frontends > 1,
-                                         connect=settings.core_socket)
+                                         connect=settings.core_socket, reader=core_reader())
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
@@ -204,6 +204,7 @@ class InferenceServer:
         await self.bind()
         try:
             if self.core is not None:
+                self.core.loop = asyncio.get_running_loop()  # the loop reader's loop (TENSORGATE_CORE_READER)
                 await asyncio.get_running_loop().run_in_executor(None, self.core.start)
             await asyncio.get_running_loop().run_in_executor(None, self.control.start)  # loads per the mode
             # tracing (a bad trace file fails here), metrics

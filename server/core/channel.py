@@ -22,7 +22,7 @@ from ..errors import (
 )
 from .protocol import FRAME, MAX_FRAME, ProtocolError
 
-__all__ = ["Channel", "check_peer", "error_for", "status_of"]
+__all__ = ["Channel", "FrameParser", "check_peer", "error_for", "status_of"]
 
 # error class <-> status byte in a DONE frame (0 = success); subclasses before their bases
 _CODES: tuple[tuple[int, type[ServerError]], ...] = (
@@ -53,6 +53,29 @@ def check_peer(sock: socket.socket) -> None:
         raise PermissionError(f"engine core peer runs as uid {uid}, not {os.getuid()}")
 
 
+class FrameParser:
+    """Frames out of a byte stream, fed as it arrives (a reader thread or the event loop's add_reader)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, memoryview]]:
+        buf = self._pending + data if self._pending else data
+        out: list[tuple[int, memoryview]] = []
+        view = memoryview(buf)
+        pos, header, size = 0, FRAME.size, len(buf)
+        while size - pos >= header:
+            length, kind = FRAME.unpack_from(buf, pos)
+            if length > MAX_FRAME:
+                raise ProtocolError(f"frame of {length} bytes")
+            if size - pos - header < length:
+                break
+            out.append((kind, view[pos + header:pos + header + length]))
+            pos += header + length
+        self._pending = buf[pos:] if pos < size else b""
+        return out
+
+
 class Channel:
     """One end of a socket carrying frames; ``send`` is thread-safe."""
 
@@ -71,36 +94,16 @@ class Channel:
 
     def frames(self) -> Iterator[tuple[int, memoryview]]:
         """(type, body) until the peer closes; raises ProtocolError on an impossible length."""
-        buf = bytearray(1 << 16)
-        start = end = 0
+        parser = FrameParser()
         sock = self.sock
-        header = FRAME.size
         while True:
-            while end - start >= header:
-                length, kind = FRAME.unpack_from(buf, start)
-                if length > MAX_FRAME:
-                    raise ProtocolError(f"frame of {length} bytes")
-                if end - start - header < length:
-                    break
-                body = bytes(buf[start + header:start + header + length])
-                start += header + length
-                yield kind, memoryview(body)
-            if start == end:
-                start = end = 0
-            elif start:
-                buf[: end - start] = buf[start:end]
-                end -= start
-                start = 0
-            if end == len(buf) or (end >= header and FRAME.unpack_from(buf, 0)[0] + header > len(buf)):
-                need = FRAME.unpack_from(buf, 0)[0] + header if end >= header else len(buf) * 2
-                buf.extend(bytes(max(need, len(buf) * 2) - len(buf)))
             try:
-                n = sock.recv_into(memoryview(buf)[end:])
+                data = sock.recv(1 << 20)
             except OSError:
                 return
-            if not n:
+            if not data:
                 return
-            end += n
+            yield from parser.feed(data)
 
     def close(self) -> None:
         # shutdown first: close() alone neither wakes a thread blocked in recv on it nor tells the peer

@@ -37,10 +37,11 @@ from tensorgate.clients.pb import model_config_pb2 as mc
 from ..errors import UnavailableError
 from ..model import ModelState, ModelVersion, set_tensors
 from ..request import InferRequest
+from ..servicer import LoopSink
 from ..telemetry import tracing as _tracing
 from ..telemetry.logs import model_state
 from .arena import Allocator, Arena
-from .channel import Channel, check_peer, error_for
+from .channel import Channel, FrameParser, check_peer, error_for
 from .control import ControlClient
 from .protocol import DONE, encode_cancel, encode_free, encode_submit, read_done
 from .proxy import CoreScheduler, RemoteEngine
@@ -73,9 +74,13 @@ class EngineCoreClient:
     """One engine core process and the front end's connection to it."""
 
     def __init__(self, log_level: str = "WARNING", arena_bytes: int = ARENA_BYTES, *, listen: bool = False,
-                 connect: str = "") -> None:
+                 connect: str = "", reader: str = "thread") -> None:
         """``listen``: this front end starts the core and lets more front ends connect (--frontends N);
-        ``connect``: the socket path of a core another front end started (this one is front end 2..N)."""
+        ``connect``: the socket path of a core another front end started (this one is front end 2..N);
+        ``reader``: "thread" (a reader thread takes the core's answers) or "loop" (the event loop set in
+        ``loop`` reads them itself with add_reader: no thread hand-off; README has the measurement)."""
+        self.reader = reader
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._log_level = log_level
         self._connect_path = connect
         self._private_dir = "" if connect or not listen else tempfile.mkdtemp(prefix="tensorgate-core-")  # 0700
@@ -133,8 +138,11 @@ class EngineCoreClient:
         self._control_channel = Channel(control_here)
         self._control = ControlClient(self._control_channel)
         self._generation += 1
-        threading.Thread(target=self._read, args=(self._data, self._generation), name="tg-core-reader",
-                         daemon=True).start()
+        if self.reader == "loop" and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._add_reader, self.loop, self._data, self._generation)
+        else:
+            threading.Thread(target=self._read, args=(self._data, self._generation), name="tg-core-reader",
+                             daemon=True).start()
         pid = self._control.call("ping", timeout=120)
         self._up = True
         log.info("engine core process %d started", pid)
@@ -324,6 +332,39 @@ class EngineCoreClient:
         if generation == self._generation:
             self._core_exited()
 
+    def _add_reader(self, loop: asyncio.AbstractEventLoop, data: Channel, generation: int) -> None:
+        """Read DONE frames on the event loop: the futures resolve in the same callback, no thread hop."""
+        parser = FrameParser()
+        fd = data.sock.fileno()
+        freed: list[int] = []
+
+        def readable() -> None:
+            try:
+                chunk = data.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            try:
+                frames = parser.feed(chunk) if chunk else None
+                for kind, body in frames or ():
+                    if kind == DONE:
+                        freed.clear()
+                        instance, done = read_done(body, self.output_arena, freed)
+                        if freed:
+                            data.send(encode_free(freed))
+                        self._complete(instance, done)
+            except Exception:
+                log.exception("engine core: unreadable message; restarting it")
+                frames = None
+            if frames is None:  # the core went away (or broke): restart it off the loop
+                loop.remove_reader(fd)
+                if generation == self._generation:
+                    threading.Thread(target=self._core_exited, name="tg-core-restart", daemon=True).start()
+
+        if fd >= 0:
+            loop.add_reader(fd, readable)
+
     def _complete(self, instance: str, done: list[Any]) -> None:
         finished: list[InferRequest] = []
         for d in done:
@@ -422,8 +463,15 @@ def _deliver(requests: list[InferRequest]) -> None:
             by_sink[id(r.sink)] = (r.sink, [r])
         else:
             entry[1].append(r)
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     for sink, group in by_sink.values():
         try:
+            if running is not None and isinstance(sink, LoopSink) and sink._loop is running:
+                LoopSink._resolve(group)  # the loop reader: already on the sink's loop, no hop
+                continue
             sink.deliver(group)
         except Exception:  # a transport that went away must not stop the reader
             log.exception("delivering results from the engine core failed")
@@ -432,3 +480,9 @@ def _deliver(requests: list[InferRequest]) -> None:
 def core_log_level() -> str:
     """The core logs at the front end's level; its records come back to the front end's handlers."""
     return logging.getLevelName(logging.getLogger("tensorgate").getEffectiveLevel())
+
+
+def core_reader() -> str:
+    """Who reads the core's answers: $TENSORGATE_CORE_READER (thread or loop), else the measured faster one."""
+    value = os.environ.get("TENSORGATE_CORE_READER", "").strip().lower()
+    return value if value in ("thread", "loop") else "thread"
