@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .throughput import MLP_SIZES, build_repository
 
 __all__ = ["main"]
 
-SERVERS = ("echo aio", "echo thread", "tg inline", "tg process", "tg frontends 2")
+SERVERS = ("echo aio", "echo thread", "tg inline", "tg process", "tg frontends 2", "tg process loop-reader")
 
 
 async def _requests(url: str) -> tuple[tuple[bytes, int], ...]:
@@ -58,8 +59,13 @@ async def _window(url: str, requests: tuple[tuple[bytes, int], ...], concurrency
 
 def _start(repo: Path, name: str) -> ServerProcess:
     extra = {"tg inline": ["--engine-core", "inline"], "tg process": ["--engine-core", "process"],
-             "tg frontends 2": ["--frontends", "2"]}[name]
-    return start_tensorgate(repo, extra=[*extra, "--allow-http", "false"])
+             "tg frontends 2": ["--frontends", "2"], "tg process loop-reader": ["--engine-core", "process"]}[name]
+    # the front end reads the core's answers with a thread unless told otherwise (the env var it reads)
+    os.environ["TENSORGATE_CORE_READER"] = "loop" if name.endswith("loop-reader") else "thread"
+    try:
+        return start_tensorgate(repo, extra=[*extra, "--allow-http", "false"])
+    finally:
+        os.environ.pop("TENSORGATE_CORE_READER", None)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured window per server and level")
     parser.add_argument("--sizes", default=MLP_SIZES, type=lambda s: tuple(int(x) for x in s.split(",")))
     parser.add_argument("--modes", default=["unary", "streaming"], type=lambda s: s.split(","))
-    parser.add_argument("--servers", default=list(SERVERS[2:]), type=lambda s: s.split(","),
+    parser.add_argument("--servers", default=list(SERVERS[2:5]), type=lambda s: s.split(","),
                         help=f"tensorgate servers to measure (of {', '.join(SERVERS[2:])})")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--ort", action="store_true", help="also the in-process ONNX Runtime ceiling")

@@ -51,6 +51,7 @@ __all__ = ["EngineCoreClient", "VersionSlot"]
 log = logging.getLogger("tensorgate.core")
 
 ARENA_BYTES = 64 << 20  # per direction; memfd pages are only used once touched
+_FREE_BATCH = 64  # output blocks waiting to be freed before a FREE frame goes out on its own
 _RESTART_MIN_S = 0.2
 _RESTART_MAX_S = 10.0
 
@@ -94,6 +95,7 @@ class EngineCoreClient:
         self._lock = threading.Lock()
         self._slots: list[VersionSlot] = []
         self._outbox: list[bytes] = []
+        self._frees: list[int] = []  # output blocks to free in the core, sent with the next write
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._up = False
         self._stopping = False
@@ -273,7 +275,7 @@ class EngineCoreClient:
             loop = None
         try:
             if loop is None:
-                data.send(message)
+                data.send(self._take_frees() + message)
                 return
             # on the event loop: every submit of this iteration goes out in one write
             self._outbox.append(message)
@@ -290,7 +292,7 @@ class EngineCoreClient:
         if not outbox or data is None:
             return
         try:
-            data.send(b"".join(outbox))
+            data.send(self._take_frees() + b"".join(outbox))
         except OSError:  # the reader sees the core's exit and fails these requests
             pass
 
@@ -322,15 +324,36 @@ class EngineCoreClient:
             for kind, body in data.frames():
                 if kind != DONE:
                     continue
-                freed.clear()
                 instance, done = read_done(body, self.output_arena, freed)
-                if freed:
-                    data.send(encode_free(freed))
+                freed = self._free_later(data, freed)
                 self._complete(instance, done)
         except Exception:  # a frame that does not parse: treat the core as broken
             log.exception("engine core: unreadable message; restarting it")
         if generation == self._generation:
             self._core_exited()
+
+    def _free_later(self, data: Channel, freed: list[int]) -> list[int]:
+        """Output blocks copied out: tell the core with the next submit write (a FREE frame alone would wake
+        its reader thread once per batch), or now once many are waiting. Returns an empty list to reuse."""
+        if not freed:
+            return freed
+        with self._lock:
+            self._frees.extend(freed)
+            if len(self._frees) < _FREE_BATCH:
+                return []
+            frees, self._frees = self._frees, []
+        try:
+            data.send(encode_free(frees))
+        except OSError:
+            pass
+        return []
+
+    def _take_frees(self) -> bytes:
+        if not self._frees:
+            return b""
+        with self._lock:
+            frees, self._frees = self._frees, []
+        return encode_free(frees) if frees else b""
 
     def _add_reader(self, loop: asyncio.AbstractEventLoop, data: Channel, generation: int) -> None:
         """Read DONE frames on the event loop: the futures resolve in the same callback, no thread hop."""
@@ -349,10 +372,9 @@ class EngineCoreClient:
                 frames = parser.feed(chunk) if chunk else None
                 for kind, body in frames or ():
                     if kind == DONE:
-                        freed.clear()
                         instance, done = read_done(body, self.output_arena, freed)
-                        if freed:
-                            data.send(encode_free(freed))
+                        self._free_later(data, freed)
+                        freed.clear()
                         self._complete(instance, done)
             except Exception:
                 log.exception("engine core: unreadable message; restarting it")
@@ -393,6 +415,7 @@ class EngineCoreClient:
             for _request, _blocks, slot in entries:
                 slot.pending = 0
         self._in_alloc.reset()
+        self._frees = []  # the next core starts with an empty output arena
         failed = []
         for request, _blocks, _slot in entries:
             request.error = UnavailableError(f"model '{request.model.name}': {why}; retry")
@@ -485,4 +508,4 @@ def core_log_level() -> str:
 def core_reader() -> str:
     """Who reads the core's answers: $TENSORGATE_CORE_READER (thread or loop), else the measured faster one."""
     value = os.environ.get("TENSORGATE_CORE_READER", "").strip().lower()
-    return value if value in ("thread", "loop") else "thread"
+    return value if value in ("thread", "loop") else "loop"
