@@ -95,7 +95,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--engine-core",
-        default=default_engine_core(),
+        default=None,
         help="inline: batcher, instances and engines run in the server's process (default; faster on small "
         "hosts, README 'Engine core process'); process: they run in one engine core child process with its "
         "own GIL, tensors crossing through shared memory, restarted if it dies "
@@ -376,6 +376,8 @@ def _serve(args: argparse.Namespace) -> int:
     if bad:
         print(f"tensorgate serve: --load-model {bad[0]!r} is not a valid model name", file=sys.stderr)
         return 2
+    explicit_core = args.engine_core is not None
+    args.engine_core = args.engine_core or default_engine_core()
     if args.engine_core not in ENGINE_CORES:
         print(f"tensorgate serve: --engine-core {args.engine_core!r} is not one of {', '.join(ENGINE_CORES)}",
               file=sys.stderr)
@@ -389,6 +391,8 @@ def _serve(args: argparse.Namespace) -> int:
             print("tensorgate serve: --frontends N does not combine with --model-control-mode explicit (a "
                   "load or unload would reach one front end only); use poll or none", file=sys.stderr)
             return 2
+    if args.engine_core == "process" and args.workers > 1 and not explicit_core:
+        args.engine_core = "inline"  # TENSORGATE_ENGINE_CORE is a default: --workers N keeps its own engines
     if args.engine_core == "process" and args.workers > 1:
         print("tensorgate serve: --workers N gives each process its own engines; it does not combine with "
               "--engine-core process", file=sys.stderr)

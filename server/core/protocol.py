@@ -51,6 +51,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _Q = struct.Struct("<q")
 MAX_RANK = 32
+_I32_MAX, _I64_MAX, _U64_MAX = 2**31 - 1, 2**63 - 1, 2**64 - 1
 MAX_FRAME = 1 << 31  # a frame longer than this is a broken peer, not a message
 
 
@@ -126,8 +127,11 @@ def encode_submit(
     arena: Arena, allocator: Allocator, blocks: list[int],
 ) -> bytes:
     """One request as a SUBMIT frame; its arena blocks are appended to ``blocks`` (freed on DONE)."""
-    parts = [b"", _SUBMIT.pack(token, handle, request.priority, request.timeout_us, request.deadline_ns,
-                               request.arrival_ns, request.batch_size, len(request.inputs), len(request.requested))]
+    # clamped to the fields' widths: a priority past the levels still means "default level", a deadline
+    # centuries away (a call without one, on some flavours) still means "none that matters"
+    parts = [b"", _SUBMIT.pack(token, handle, min(request.priority, _I32_MAX), min(request.timeout_us, _U64_MAX),
+                               min(request.deadline_ns, _I64_MAX), request.arrival_ns, request.batch_size,
+                               len(request.inputs), len(request.requested))]
     try:
         for name, array in request.inputs.items():
             offset = _put_tensor(parts, input_index[name], array, arena, allocator)
