@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import RetiredError
 from ..request import InferRequest
 from ..statistics import ModelStatistics
 from .control import RemoteStatistics
@@ -61,7 +63,11 @@ class CoreScheduler:
         self._client.unload(self._slot, timeout)
 
     def submit(self, request: InferRequest) -> None:
-        self._client.submit(self._slot, request)
+        slot = self._slot
+        if slot.released:  # as the Scheduler answers once stop() began: at once, so a rollout can move it on
+            self._local.record_failures([request], time.monotonic_ns(), "OTHER")
+            raise RetiredError(f"model '{slot.name}' version {slot.version} is unloading")
+        self._client.submit(slot, request)
 
     def cancel(self, request: InferRequest) -> bool:
         return self._client.cancel(request)
