@@ -96,7 +96,7 @@ class EngineCoreClient:
         self._slots: list[VersionSlot] = []
         self._outbox: list[bytes] = []
         self._frees: list[int] = []  # output blocks to free in the core, sent with the next write
-        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._outbox_lock = threading.Lock()
         self._up = False
         self._stopping = False
         self._generation = 0
@@ -277,17 +277,20 @@ class EngineCoreClient:
             if loop is None:
                 data.send(self._take_frees() + message)
                 return
-            # on the event loop: every submit of this iteration goes out in one write
-            self._outbox.append(message)
-            if len(self._outbox) == 1:
-                self._flush_loop = loop
+            # on the event loop: every submit of this iteration goes out in one write (the lock: another
+            # thread's loop, if any, shares the outbox)
+            with self._outbox_lock:
+                self._outbox.append(message)
+                first = len(self._outbox) == 1
+            if first:
                 loop.call_soon(self._flush)
         except OSError:
             self._forget(token)
             raise UnavailableError(f"model '{slot.name}': the engine core exited; retry") from None
 
     def _flush(self) -> None:
-        outbox, self._outbox = self._outbox, []
+        with self._outbox_lock:
+            outbox, self._outbox = self._outbox, []
         data = self._data
         if not outbox or data is None:
             return
