@@ -11,6 +11,7 @@ full) travels inline in the message instead: slower, never a failure.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import mmap
 import os
 import threading
@@ -51,12 +52,19 @@ class Arena:
 
     @classmethod
     def create(cls, size: int, name: str = "tensorgate-arena") -> Arena:
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, size)
+        # sealed at its size: neither side can shrink it under the other's mapping (a read past the end of
+        # a shrunk file would kill the reader with SIGBUS)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         return cls(fd, size)
 
     @classmethod
     def attach(cls, fd: int) -> Arena:
+        """Map an arena the other side created; refused unless its size is sealed."""
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        if not seals & fcntl.F_SEAL_SHRINK:
+            raise ArenaError("an arena must be sealed against shrinking")
         return cls(fd, os.fstat(fd).st_size)
 
     def check(self, offset: int, nbytes: int) -> None:

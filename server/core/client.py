@@ -196,6 +196,7 @@ class EngineCoreClient:
         args = {"name": name, "version": version, "model_file": str(model_file),
                 "config": given.SerializeToString(), "max_batch_size_given": max_batch_size_given,
                 "engine_settings": engine_settings}
+        reply: dict[str, Any] = {}
         try:
             reply = self._call("load", **args)
             if not reply["ready"]:
@@ -204,7 +205,7 @@ class EngineCoreClient:
         except Exception as exc:
             reason = str(exc) if not isinstance(exc, UnavailableError) else f"engine core: {exc}"
             mv.fail(reason)
-            if "reply" in locals() and reply.get("ready"):
+            if reply.get("ready"):  # loaded in the core, refused here (a label file): give it back
                 self._unload(reply["handle"], 0)
             log.error("model %s version %d UNAVAILABLE: %s", name, version, reason,
                       extra=model_state(name, version, "UNAVAILABLE", reason))

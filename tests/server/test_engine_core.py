@@ -67,9 +67,13 @@ def _memfd_maps(pid: int, inodes: set[int] | None = None) -> list[str]:
     return [line for line in lines if inodes is None or int(line.split()[4]) in inodes]
 
 
-@pytest.fixture()
-def process_server(core_repository: Path) -> Iterator[RunningServer]:
+@pytest.fixture(params=["loop", "thread"])
+def process_server(core_repository: Path, request: pytest.FixtureRequest,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
+    """A server whose core's answers are read by the event loop (the default) or by a reader thread."""
+    monkeypatch.setenv("TENSORGATE_CORE_READER", request.param)
     handle = RunningServer(core_repository, engine_core="process").start()
+    assert handle.server.core is not None and handle.server.core.reader == request.param
     yield handle
     handle.stop()
 
@@ -363,3 +367,26 @@ def test_frontends_refuse_explicit_model_control(core_repository: Path) -> None:
                              "2", "--model-control-mode", "explicit"], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "--frontends N does not combine with --model-control-mode explicit" in result.stderr
+
+
+def test_arenas_are_sealed_and_blocks_are_bounds_checked() -> None:
+    arena = Arena.create(1 << 12, "tensorgate-test")
+    try:
+        with pytest.raises(OSError):
+            os.ftruncate(arena.fd, 16)  # sealed: nobody can shrink it under the other side's mapping
+        loose = os.memfd_create("tensorgate-unsealed")
+        os.ftruncate(loose, 4096)
+        with pytest.raises(ArenaError, match="sealed"):
+            Arena.attach(loose)
+        os.close(loose)
+        for offset, nbytes in ((-1, 4), (4096, 1), (4000, 200), (0, -5)):
+            with pytest.raises(ArenaError):
+                arena.check(offset, nbytes)
+        alloc = Allocator(1 << 12)
+        blocks = [alloc.alloc(100) for _ in range(32)]
+        assert -1 not in blocks and len(set(blocks)) == 32 and alloc.alloc(100) == -1  # 32 x 128 fills it
+        for b in blocks[::2] + blocks[1::2]:
+            alloc.free(b)
+        assert alloc.alloc(4096) == 0  # every free range joined back into one
+    finally:
+        arena.close()
