@@ -11,6 +11,7 @@ import copy
 import itertools
 import logging
 import pickle
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,8 @@ class LogForwarder(logging.Handler):
                 fields["exc_text"] = self._formatter.formatException(record.exc_info)
             fields["tensorgate_core"] = True
             self._channel.send_object(CONTROL_LOG, fields)
+        except OSError:  # the front end has gone (the core is stopping): the line goes to stderr instead
+            sys.stderr.write(f"tensorgate engine core: {record.levelname} {record.name}: {record.getMessage()}\n")
         except Exception:  # logging must never take the core down
             self.handleError(record)
 

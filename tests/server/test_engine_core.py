@@ -390,3 +390,38 @@ def test_arenas_are_sealed_and_blocks_are_bounds_checked() -> None:
         assert alloc.alloc(4096) == 0  # every free range joined back into one
     finally:
         arena.close()
+
+
+def test_a_restarted_core_takes_both_front_ends_back(core_repository: Path) -> None:
+    owner = EngineCoreClient(listen=True)
+    owner.start()
+    second = EngineCoreClient(connect=owner.socket_path)
+    try:
+        second.start()
+        config = mc.ModelConfig(name="simple", max_batch_size=8)
+        model_file = core_repository / "simple" / "1" / "model.onnx"
+        versions = [c.load_version("simple", 1, model_file, config, max_batch_size_given=True) for c in (owner, second)]
+        first_pid = owner.pid
+        os.kill(first_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        for mv in versions:  # each front end loads its versions again once it is back with the new core
+            slot = mv.scheduler._slot  # type: ignore[union-attr]
+            while True:
+                r = _core_request(mv, 1, 2)
+                try:
+                    mv.scheduler.submit(r)  # type: ignore[union-attr]
+                except UnavailableError:
+                    assert time.monotonic() < deadline, "not back in time"
+                    time.sleep(0.1)
+                    continue
+                assert r.sink.done.wait(30)  # type: ignore[union-attr]
+                if isinstance(r.error, UnavailableError):  # sent just as the core died: it fails, never hangs
+                    continue
+                assert r.error is None, r.error
+                break
+            assert slot.handle
+        assert owner.pid != first_pid and owner.restarts == 1 and second.restarts == 1
+        assert versions[0].scheduler._slot.handle == versions[1].scheduler._slot.handle  # type: ignore[union-attr]
+    finally:
+        second.stop()
+        owner.stop()
