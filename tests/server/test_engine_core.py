@@ -24,9 +24,9 @@ from support import REPO_ROOT, RunningServer, write_model
 from tensorgate.clients.pb import grpc_service_pb2 as pb
 from tensorgate.clients.pb import grpc_service_pb2_grpc as pb_grpc
 from tensorgate.clients.pb import model_config_pb2 as mc
+from tensorgate.server.core import protocol
 from tensorgate.server.core.arena import Allocator, Arena, ArenaError
 from tensorgate.server.core.client import EngineCoreClient
-from tensorgate.server.core import protocol
 from tensorgate.server.core.protocol import SUBMIT, encode_submit, frame, read_submit
 from tensorgate.server.demo.models import build_slow
 from tensorgate.server.errors import InvalidArgumentError, UnavailableError
@@ -182,7 +182,7 @@ def test_offset_outside_the_arena_is_refused_by_the_core(client: tuple[EngineCor
 
 
 def test_oversized_tensors_take_the_inline_path(client: tuple[EngineCoreClient, object]) -> None:
-    core, mv = client
+    _core, mv = client
     big = _core_request(mv, 8, 2)  # fits: 8 x 16 x 4 bytes per input
     mv.scheduler.submit(big)  # type: ignore[attr-defined]
     assert big.sink.done.wait(10) and big.error is None  # type: ignore[union-attr]
