@@ -28,25 +28,19 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from tensorgate.clients.pb import model_config_pb2 as mc
-
 from ..errors import UnavailableError
-from ..model import ModelState, ModelVersion, set_tensors
 from ..request import InferRequest
 from ..servicer import LoopSink
 from ..telemetry import tracing as _tracing
-from ..telemetry.logs import model_state
 from .arena import Allocator, Arena
 from .channel import Channel, FrameParser, check_peer, error_for
 from .control import ControlClient
 from .protocol import DONE, encode_cancel, encode_free, encode_submit, read_done
-from .proxy import CoreScheduler, RemoteEngine
+from .versions import CoreVersions, VersionSlot
 
-__all__ = ["EngineCoreClient", "VersionSlot"]
+__all__ = ["EngineCoreClient", "core_log_level", "core_reader"]
 
 log = logging.getLogger("tensorgate.core")
 
@@ -56,22 +50,7 @@ _RESTART_MIN_S = 0.2
 _RESTART_MAX_S = 10.0
 
 
-@dataclass
-class VersionSlot:
-    """One version loaded in the core; ``handle`` changes when a restarted core loads it again (0: not loaded)."""
-
-    name: str
-    version: int
-    load_args: dict[str, Any]
-    handle: int
-    inputs: dict[str, int]
-    outputs: list[str]
-    output_index: dict[str, int]
-    pending: int = 0
-    released: bool = False
-
-
-class EngineCoreClient:
+class EngineCoreClient(CoreVersions):
     """One engine core process and the front end's connection to it."""
 
     def __init__(self, log_level: str = "WARNING", arena_bytes: int = ARENA_BYTES, *, listen: bool = False,
@@ -98,6 +77,9 @@ class EngineCoreClient:
         self._frees: list[int] = []  # output blocks to free in the core, sent with the next write
         self._outbox_lock = threading.Lock()
         self._up = False
+        self._started = False  # the first start answered: from then on a dead core is restarted
+        self._restarting = False
+        self._again = False
         self._stopping = False
         self._generation = 0
         self._last_start = 0.0
@@ -145,9 +127,22 @@ class EngineCoreClient:
         else:
             threading.Thread(target=self._read, args=(self._data, self._generation), name="tg-core-reader",
                              daemon=True).start()
-        pid = self._control.call("ping", timeout=120)
+        try:
+            pid = self._control.call("ping", timeout=120)
+        except BaseException:
+            self._abandon()  # a core that does not answer is stopped, never left running beside the next one
+            raise
         self._up = True
+        self._started = True
         log.info("engine core process %d started", pid)
+
+    def _abandon(self) -> None:
+        for channel in (self._data, self._control_channel):
+            if channel is not None:
+                channel.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def _attach(self, fds: tuple[int, int, int, int]) -> None:
         """Hand our socket ends and arenas to a core another front end started (raises OSError when it is not up)."""
@@ -185,76 +180,6 @@ class EngineCoreClient:
         if control is None or not self._up:
             raise UnavailableError("the engine core is restarting; retry")
         return control.call(op, timeout, **args)
-
-    # ---- loading (the registry's loader) ------------------------------------------------------
-
-    def load_version(self, name: str, version: int, model_file: Path, given: mc.ModelConfig, *,
-                     max_batch_size_given: bool, engine_settings: Any = None, progress: Any = None) -> ModelVersion:
-        """Load one version in the core; the returned ModelVersion is READY or failed with its reason. Never raises."""
-        mv = ModelVersion(name, version, model_file.parent.parent)
-        log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
-        args = {"name": name, "version": version, "model_file": str(model_file),
-                "config": given.SerializeToString(), "max_batch_size_given": max_batch_size_given,
-                "engine_settings": engine_settings}
-        reply: dict[str, Any] = {}
-        try:
-            reply = self._call("load", **args)
-            if not reply["ready"]:
-                raise RuntimeError(reply["reason"])
-            set_tensors(mv, mc.ModelConfig.FromString(reply["config"]))
-        except Exception as exc:
-            reason = str(exc) if not isinstance(exc, UnavailableError) else f"engine core: {exc}"
-            mv.fail(reason)
-            if reply.get("ready"):  # loaded in the core, refused here (a label file): give it back
-                self._unload(reply["handle"], 0)
-            log.error("model %s version %d UNAVAILABLE: %s", name, version, reason,
-                      extra=model_state(name, version, "UNAVAILABLE", reason))
-            return mv
-        outputs = list(mv.outputs)
-        slot = VersionSlot(name, version, args, reply["handle"], {n: i for i, n in enumerate(mv.inputs)}, outputs,
-                           {n: i for i, n in enumerate(outputs)})
-        with self._lock:
-            self._slots.append(slot)
-        mv.engine_kind = reply["engine_kind"]
-        mv.cache_hit = reply["cache_hit"]
-        mv.warmup_runs = reply["warmup_runs"]
-        mv.accuracy = reply["accuracy"]
-        mv.input_guard = reply["input_guard"]
-        mv.engine = RemoteEngine(mv.engine_kind)  # type: ignore[assignment]
-        mv.scheduler = CoreScheduler(self, slot, reply["instances"], reply["drift"])  # type: ignore[assignment]
-        mv.state = ModelState.READY
-        log.info("model %s version %d READY: %d instance(s) on %s in the engine core, max_batch_size %d", name,
-                 version, reply["instances"], mv.engine_kind, mv.max_batch_size,
-                 extra=model_state(name, version, "READY"))
-        return mv
-
-    def unload(self, slot: VersionSlot, timeout: float | None) -> None:
-        with self._lock:
-            slot.released = True
-            if slot in self._slots:
-                self._slots.remove(slot)
-        if slot.handle:
-            self._unload(slot.handle, timeout)
-
-    def _unload(self, handle: int, timeout: float | None) -> None:
-        try:
-            self._call("unload", None, handle=handle, wait=timeout)
-        except (UnavailableError, RuntimeError) as exc:  # a dead core has nothing left to unload
-            log.debug("unload in the engine core: %s", exc)
-
-    def statistics(self, slot: VersionSlot) -> dict[str, Any] | None:
-        try:
-            reply = self._call("stats", 10, handle=slot.handle) if slot.handle else None
-        except (UnavailableError, RuntimeError):
-            return None
-        return None if reply is None else dict(reply["stats"])
-
-    def drift(self, slot: VersionSlot) -> dict[str, Any] | None:
-        try:
-            reply: dict[str, Any] | None = self._call("drift", 10, handle=slot.handle) if slot.handle else None
-        except (UnavailableError, RuntimeError):
-            return None
-        return reply
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -333,7 +258,7 @@ class EngineCoreClient:
                 self._complete(instance, done)
         except Exception:  # a frame that does not parse: treat the core as broken
             log.exception("engine core: unreadable message; restarting it")
-        if generation == self._generation:
+        if self._claim_restart(generation):
             self._core_exited()
 
     def _free_later(self, data: Channel, freed: list[int]) -> list[int]:
@@ -385,7 +310,7 @@ class EngineCoreClient:
                 frames = None
             if frames is None:  # the core went away (or broke): restart it off the loop
                 loop.remove_reader(fd)
-                if generation == self._generation:
+                if self._claim_restart(generation):
                     threading.Thread(target=self._core_exited, name="tg-core-restart", daemon=True).start()
 
         if fd >= 0:
@@ -426,10 +351,35 @@ class EngineCoreClient:
             failed.append(request)
         _deliver(failed)
 
+    def _claim_restart(self, generation: int) -> bool:
+        """The current core's connection ended: True for the one caller that restarts it. A core that dies
+        while a restart is starting it is the restart loop's business, and one that never answered at the
+        server's start is the start's."""
+        with self._lock:
+            if self._restarting and generation == self._generation:
+                self._again = True  # the new core died while it was being loaded: the restart loop goes on
+            if generation != self._generation or self._restarting or not self._started or self._stopping:
+                return False
+            self._restarting = True
+            return True
+
     def _core_exited(self) -> None:
+        try:
+            while True:
+                self._again = False
+                self._restart()
+                with self._lock:
+                    if not self._again or self._stopping:
+                        break
+        finally:
+            self._restarting = False
+
+    def _restart(self) -> None:
         self._up = False
         if self._stopping:
             return
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()  # alive but broken (a message that did not parse): a fresh one replaces it
         code = self.process.wait() if self.process is not None else None
         log.error("engine core process exited (status %s): failing its in-flight requests, %s", code,
                   "reconnecting" if self._connect_path else "restarting it")
@@ -456,28 +406,6 @@ class EngineCoreClient:
             return
         self.restarts += 1
         self._reload()
-
-    def _reload(self) -> None:
-        """Load every version the dead core had into the new one; their proxies follow the new handles."""
-        with self._lock:
-            slots = list(self._slots)
-        for slot in slots:
-            slot.handle = 0
-            try:
-                reply = self._call("load", **slot.load_args)
-            except Exception as exc:
-                log.error("model %s version %d: reload in the restarted engine core failed: %s",
-                          slot.name, slot.version, exc)
-                continue
-            if not reply["ready"]:
-                log.error("model %s version %d: reload in the restarted engine core failed: %s",
-                          slot.name, slot.version, reply["reason"])
-            elif slot.released:
-                self._unload(reply["handle"], 0)
-            else:
-                slot.handle = reply["handle"]
-        log.info("engine core restarted (%d version(s) loaded again)", sum(1 for s in slots if s.handle))
-
 
 def _deliver(requests: list[InferRequest]) -> None:
     """Hand finished requests to their sinks, one call per sink (as the Scheduler does)."""

@@ -12,7 +12,8 @@ from .control import RemoteStatistics
 
 if TYPE_CHECKING:
     from ..telemetry.drift import DriftMonitor
-    from .client import EngineCoreClient, VersionSlot
+    from .client import EngineCoreClient
+    from .versions import VersionSlot
 
 __all__ = ["CoreScheduler", "RemoteDrift", "RemoteEngine"]
 
