@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .dataplane import DataPlane, server_version
 from .engine_factory import engine_settings
@@ -34,6 +35,9 @@ from .settings import ServerSettings
 from .shm_store import SharedMemory
 from .telemetry.hub import Telemetry
 from .transport import TransportSecurity, make_transport
+
+if TYPE_CHECKING:
+    from .core.client import EngineCoreClient
 
 __all__ = ["InferenceServer", "PortError"]
 
@@ -81,12 +85,21 @@ class InferenceServer:
         self.policy = settings.security.policy()
         self.certificates = settings.security.grpc_certificates()
         self.metrics_certificates = settings.security.metrics_certificates(self.certificates)
+        # --engine-core process: schedulers and engines live in a child process, started in start()
+        self.core: EngineCoreClient | None = None
+        self.before_core_stop: Callable[[], None] | None = None  # --frontends: let the other front ends drain
+        if settings.engine_core == "process":
+            from .core.client import EngineCoreClient, core_log_level, core_reader
+
+            self.core = EngineCoreClient(core_log_level(), listen=settings.frontends > 1,
+                                         connect=settings.core_socket, reader=core_reader())
         self.registry = ModelRegistry(
             repository,
             engine_settings(settings.resolved_engine_cache_dir, settings.engine_cache_max_bytes),
             strict_config=settings.strict_model_config,
             unload_timeout=settings.model_unload_timeout_secs,
             response_cache=None if settings.response_cache_bytes is None else ResponseCache(settings.response_cache_bytes),
+            loader=self.core.load_version if self.core is not None else None,
         )
         self.control = ModelControl(
             self.registry, settings.model_control_mode, settings.load_models, settings.repository_poll_secs,
@@ -190,11 +203,16 @@ class InferenceServer:
         """Bind (unless done), load the repository, start serving."""
         await self.bind()
         try:
+            if self.core is not None:
+                self.core.loop = asyncio.get_running_loop()  # the loop reader's loop (TENSORGATE_CORE_READER)
+                await asyncio.get_running_loop().run_in_executor(None, self.core.start)
             await asyncio.get_running_loop().run_in_executor(None, self.control.start)  # loads per the mode
             # tracing (a bad trace file fails here), metrics
             self.telemetry.start(self.settings.grpc_address, self._metrics_tls)
         except BaseException:
             await asyncio.get_running_loop().run_in_executor(None, self.control.stop)
+            await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
+            self._stop_core()
             await self._release()
             raise
         await self._transport.start()
@@ -255,9 +273,16 @@ class InferenceServer:
         flush_log_summaries()
         await asyncio.get_running_loop().run_in_executor(None, self.control.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.registry.stop)
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_core)
         await asyncio.get_running_loop().run_in_executor(None, self.telemetry.stop)  # flushes the last spans
         self.plane.shm.close()  # nothing stays mapped or open
         self._serving = False
+
+    def _stop_core(self) -> None:
+        if self.before_core_stop is not None:
+            self.before_core_stop()
+        if self.core is not None:
+            self.core.stop()  # the core exits (when this front end started it); the arenas are unmapped
 
     def summary(self) -> list[str]:
         """Startup lines: where it listens and each model's state."""

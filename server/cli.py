@@ -11,13 +11,14 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .security.errors import SecurityError
 from .security.options import add_security_flags, security_settings_from_args
-from .settings import MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir
+from .settings import ENGINE_CORES, MAX_MESSAGE_BYTES, ServerSettings, default_cache_dir, default_engine_core
 from .telemetry.options import _bool, add_telemetry_flags, telemetry_settings_from_args
 
 __all__ = ["build_parser", "main"]
@@ -92,6 +93,23 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "connection stays on one process, so it helps only with many client connections (default 1)",
     )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--engine-core",
+        default=None,
+        help="inline: batcher, instances and engines run in the server's process (default; faster on small "
+        "hosts, README 'Engine core process'); process: they run in one engine core child process with its "
+        "own GIL, tensors crossing through shared memory, restarted if it dies "
+        "(env TENSORGATE_ENGINE_CORE)",
+    )
+    p.add_argument(
+        "--frontends",
+        type=int,
+        default=int(_env("FRONTENDS", "1") or 1),
+        help="run N gRPC/REST front-end processes on the same ports (SO_REUSEPORT) feeding ONE engine core: "
+        "one engine copy and one batch queue per model, statistics exact at any front end; implies "
+        "--engine-core process; the metrics port stays with the first process (default 1)",
+    )
+    p.add_argument("--core-socket", default="", help=argparse.SUPPRESS)  # front ends 2..N: the core to join
     p.add_argument(
         "--grpc-max-connection-age-secs",
         type=float,
@@ -358,6 +376,27 @@ def _serve(args: argparse.Namespace) -> int:
     if bad:
         print(f"tensorgate serve: --load-model {bad[0]!r} is not a valid model name", file=sys.stderr)
         return 2
+    explicit_core = args.engine_core is not None
+    args.engine_core = args.engine_core or default_engine_core()
+    if args.engine_core not in ENGINE_CORES:
+        print(f"tensorgate serve: --engine-core {args.engine_core!r} is not one of {', '.join(ENGINE_CORES)}",
+              file=sys.stderr)
+        return 2
+    if args.frontends < 1:
+        print("tensorgate serve: --frontends needs N >= 1", file=sys.stderr)
+        return 2
+    if args.frontends > 1 or args.core_socket:
+        args.engine_core = "process"
+        if args.model_control_mode == "explicit":
+            print("tensorgate serve: --frontends N does not combine with --model-control-mode explicit (a "
+                  "load or unload would reach one front end only); use poll or none", file=sys.stderr)
+            return 2
+    if args.engine_core == "process" and args.workers > 1 and not explicit_core:
+        args.engine_core = "inline"  # TENSORGATE_ENGINE_CORE is a default: --workers N keeps its own engines
+    if args.engine_core == "process" and args.workers > 1:
+        print("tensorgate serve: --workers N gives each process its own engines; it does not combine with "
+              "--engine-core process", file=sys.stderr)
+        return 2
     telemetry = telemetry_settings_from_args(args)  # exits with the reason on a bad --trace-config
     configure_logs(telemetry, args.log_verbose)  # --log-format, --log-file, --log-info/-warning/-error
     settings = ServerSettings(
@@ -378,7 +417,7 @@ def _serve(args: argparse.Namespace) -> int:
         engine_cache_max_bytes=int(args.engine_cache_max_gb * 2**30),
         grpc_flavor=args.grpc_flavor,
         grpc_threads=args.grpc_threads,
-        reuse_port=args.reuse_port or args.workers > 1,
+        reuse_port=args.reuse_port or args.workers > 1 or args.frontends > 1,
         telemetry=telemetry,
         allow_client_shm=args.allow_client_shm,
         security=security_settings_from_args(args),  # exits with the reason on inconsistent TLS flags
@@ -390,9 +429,12 @@ def _serve(args: argparse.Namespace) -> int:
         model_unload_timeout_secs=args.model_unload_timeout_secs,
         model_load_max_bytes=args.model_load_max_bytes,
         response_cache_bytes=_cache_bytes(args.cache_config),
+        engine_core=args.engine_core,
+        frontends=args.frontends,
+        core_socket=args.core_socket,
     )
     try:
-        asyncio.run(_run(settings, args.workers, args.argv))
+        asyncio.run(_run(settings, max(args.workers, args.frontends), args.argv))
     except (OSError, SecurityError) as exc:  # unusable port, certificate, token file
         log.error("%s", exc)
         return 1
@@ -412,11 +454,28 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
         await loop.run_in_executor(None, build_demo_repository, settings.resolved_cache_dir)
     await server.start()
     http_port = server.http.port if server.http is not None else settings.http_port
+    # --frontends: the others join this process's engine core
+    extra = ("--core-socket", server.core.socket_path) if settings.frontends > 1 and server.core is not None else ()
     children = (
-        await loop.run_in_executor(None, spawn_workers, argv, workers - 1, Path(repository), server.port, http_port)
+        await loop.run_in_executor(None, spawn_workers, argv, workers - 1, Path(repository), server.port, http_port,
+                                   300, extra)
         if workers > 1
         else []
     )
+    signalled: list[subprocess.Popen[bytes]] = []
+
+    def drain_frontends() -> None:  # before the engine core stops: the other front ends finish their requests
+        for child in children:
+            if child not in signalled and child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(settings.exit_timeout_secs + 5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    if extra:
+        server.before_core_stop = drain_frontends
     for line in server.summary():
         print(line, flush=True)
     stop = asyncio.Event()
@@ -427,6 +486,7 @@ async def _run(settings: ServerSettings, workers: int = 1, argv: Sequence[str] =
             stop.set()
             for child in children:  # they drain in parallel with this process
                 child.send_signal(sig)
+                signalled.append(child)
             return
         # a second signal: the operator does not want to wait for the drain
         log.warning("second %s: exiting now without waiting for in-flight requests", sig.name)

@@ -38,6 +38,7 @@ __all__ = ["IndexEntry", "LoadFailedError", "ModelRegistry"]
 log = logging.getLogger("tensorgate.registry")
 
 Cleanup = Callable[[], None]
+VersionLoader = Callable[..., ModelVersion]  # load_model_version's signature
 _VERSION = re.compile("[0-9]+")  # ASCII digits only: str.isdigit() and int() take others
 
 
@@ -82,8 +83,11 @@ class ModelRegistry:
         strict_config: bool = False,
         unload_timeout: float = 30.0,
         response_cache: ResponseCache | None = None,
+        loader: VersionLoader | None = None,
     ) -> None:
         self.repository = repository
+        # builds one version: in this process, or in the engine core process (--engine-core process)
+        self.load_version: VersionLoader = loader or load_model_version
         self.engine_settings = engine_settings or EngineSettings()
         self.response_cache = response_cache  # --cache-config; used by models with response_cache enabled
         self.strict_config = strict_config
@@ -151,7 +155,7 @@ class ModelRegistry:
                     )
                     entry.loading.discard(version)
                     continue
-                built[version] = load_model_version(
+                built[version] = self.load_version(
                     source.name, version, model_file, source.config,
                     max_batch_size_given=source.max_batch_size_given, engine_settings=self.engine_settings,
                 )

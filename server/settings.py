@@ -10,7 +10,10 @@ from pathlib import Path
 from .security.options import SecuritySettings
 from .telemetry.options import TelemetrySettings
 
-__all__ = ["DEFAULT_ENGINE_CACHE_BYTES", "MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir"]
+__all__ = [
+    "DEFAULT_ENGINE_CACHE_BYTES", "ENGINE_CORES", "MAX_MESSAGE_BYTES", "ServerSettings", "default_cache_dir",
+    "default_engine_core",
+]
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # INT32_MAX: Triton's limit, and protobuf's
 DEFAULT_ENGINE_CACHE_BYTES = 20 * 2**30  # engines.cache.DEFAULT_MAX_BYTES (not imported: the CLI stays light)
@@ -33,6 +36,14 @@ def default_cache_dir() -> Path:
         except RuntimeError:  # "Could not determine home directory"
             return Path(tempfile.gettempdir()) / f"tensorgate-{os.getuid()}"
     return Path(base) / "tensorgate"
+
+
+ENGINE_CORES = ("inline", "process")
+
+
+def default_engine_core() -> str:
+    """$TENSORGATE_ENGINE_CORE when set, else inline (the faster one on small hosts: README)."""
+    return os.environ.get("TENSORGATE_ENGINE_CORE", "").strip().lower() or "inline"
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class ServerSettings:
             (queued ones included) may take before the rest fail with UNAVAILABLE.
         model_load_max_bytes: the most file-override bytes one RepositoryModelLoad may carry.
         response_cache_bytes: the response cache's size (--cache-config local,size=BYTES); None: no cache.
+        engine_core: "inline" (schedulers and engines in this process) or "process" (in one engine core
+            child process; tensors cross through shared memory). Default: $TENSORGATE_ENGINE_CORE, else inline.
     """
 
     model_repository: Path | None = None
@@ -105,10 +118,20 @@ class ServerSettings:
     model_unload_timeout_secs: float = 30.0
     model_load_max_bytes: int = 1 << 30
 
+    def __post_init__(self) -> None:
+        if self.engine_core not in ENGINE_CORES:
+            raise ValueError(f"engine core {self.engine_core!r} is not one of {', '.join(ENGINE_CORES)} "
+                             "(--engine-core / TENSORGATE_ENGINE_CORE)")
+        if self.frontends < 1 or (self.frontends > 1 and self.engine_core != "process"):
+            raise ValueError("--frontends N needs N >= 1, and --engine-core process when N > 1")
+
     @property
     def resolved_http_address(self) -> str:
         return self.http_address or self.grpc_address
     response_cache_bytes: int | None = None
+    engine_core: str = field(default_factory=lambda: default_engine_core())
+    frontends: int = 1
+    core_socket: str = ""
 
     @property
     def resolved_cache_dir(self) -> Path:

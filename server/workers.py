@@ -22,7 +22,8 @@ __all__ = ["spawn_workers", "stop_workers"]
 
 log = logging.getLogger("tensorgate.workers")
 
-_OWN_FLAGS = ("--workers", "--grpc-port", "--http-port", "--base-port", "--model-repository")
+_OWN_FLAGS = ("--workers", "--grpc-port", "--http-port", "--base-port", "--model-repository", "--frontends",
+              "--core-socket")
 
 
 def _strip(argv: Sequence[str]) -> list[str]:
@@ -50,11 +51,12 @@ def _relay(child: subprocess.Popen[bytes]) -> None:
 
 
 def spawn_workers(argv: Sequence[str], count: int, repository: Path, port: int, http_port: int = 8000,
-                  timeout: float = 300) -> list[subprocess.Popen[bytes]]:
+                  timeout: float = 300, extra: Sequence[str] = ()) -> list[subprocess.Popen[bytes]]:
     """Start `count` more server processes on `port` (and `http_port`) and wait until each one serves.
 
     Their output is relayed to ours; a worker that fails to start is logged and stopped. Workers share the
     gRPC and HTTP ports (SO_REUSEPORT) but serve no metrics endpoint: the first process owns that port.
+    ``extra``: more flags for each (--frontends: the engine core's socket).
     """
     args = _strip(argv)
     if args and args[0] == "serve":
@@ -63,7 +65,7 @@ def spawn_workers(argv: Sequence[str], count: int, repository: Path, port: int, 
     for index in range(count):
         cmd = [sys.executable, "-m", "tensorgate.server", "serve", *args, "--model-repository", str(repository),
                "--grpc-port", str(port), "--http-port", str(http_port), "--workers", "1", "--reuse-port",
-               "--allow-metrics", "false"]
+               "--allow-metrics", "false", "--frontends", "1", *extra]
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert child.stdout is not None
         deadline = time.monotonic() + timeout

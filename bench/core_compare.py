@@ -1,0 +1,136 @@
+"""Engine core modes side by side: the bare echoes, tensorgate inline, process and --frontends 2.
+
+    python -m tensorgate.bench.core_compare [--concurrency 1,8,32] [--seconds 3] [--sizes 784,1024,1024,10]
+                                            [--modes unary,streaming] [--json out.json]
+
+Model: the held-out MLP (784->1024->1024->10 fp32 unless --sizes), max_batch_size 64, dynamic batching
+(2000 us, adaptive), batch-1 requests of random data. Load: tensorgate bench's closed-loop grpc.aio
+generator (bench.load) in this process. For each concurrency and mode every server gets one window in
+turn (servers all started first, idle while another is measured), so the ratios come from the same
+minutes of a noisy shared box. Ratios are to the faster echo's unary figure at the same concurrency
+(issue 13's targets); at the end, the in-process ONNX Runtime ceiling at the mean batch tensorgate formed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tensorgate.clients import AsyncInferenceClient
+
+from .ceilings import ort_ceiling
+from .inputs import build_requests, discover_model
+from .load import LoadGenerator, LoadSpec
+from .servers import ServerProcess, start_echo, start_tensorgate
+from .throughput import MLP_SIZES, build_repository
+
+__all__ = ["main"]
+
+SERVERS = ("echo aio", "echo thread", "tg inline", "tg process", "tg frontends 2", "tg process loop-reader")
+
+
+async def _requests(url: str) -> tuple[tuple[bytes, int], ...]:
+    async with AsyncInferenceClient(url, retry=False) as client:
+        model = await discover_model(client, "mlp")
+    return tuple((r.payload, r.rows) for r in build_requests(model, batch_size=1))
+
+
+async def _window(url: str, requests: tuple[tuple[bytes, int], ...], concurrency: int, streaming: bool,
+                  seconds: float) -> dict[str, Any]:
+    gen = LoadGenerator(LoadSpec(url=url, requests=requests, concurrency=concurrency, streaming=streaming,
+                                 timeout_s=30.0, engine="aio"))
+    await gen.start()
+    try:
+        await asyncio.sleep(min(1.0, seconds / 3))  # warm: connections up, batch sizes settled
+        gen.cut()
+        await asyncio.sleep(seconds)
+        sample = gen.cut()
+    finally:
+        await gen.stop()
+    hist = sample.histogram
+    return {"infer_per_sec": sample.infer_per_sec, "p50_ms": hist.percentile_ns(50) / 1e6,
+            "p99_ms": hist.percentile_ns(99) / 1e6, "errors": sample.error_count}
+
+
+def _start(repo: Path, name: str) -> ServerProcess:
+    extra = {"tg inline": ["--engine-core", "inline"], "tg process": ["--engine-core", "process"],
+             "tg frontends 2": ["--frontends", "2"], "tg process loop-reader": ["--engine-core", "process"]}[name]
+    # the front end reads the core's answers with a thread unless told otherwise (the env var it reads)
+    os.environ["TENSORGATE_CORE_READER"] = "loop" if name.endswith("loop-reader") else "thread"
+    try:
+        return start_tensorgate(repo, extra=[*extra, "--allow-http", "false"])
+    finally:
+        os.environ.pop("TENSORGATE_CORE_READER", None)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"model": "mlp " + "->".join(map(str, args.sizes)), "seconds": args.seconds,
+                              "levels": []}
+    with tempfile.TemporaryDirectory(prefix="tg-core-compare-") as tmp:
+        repo = build_repository(Path(tmp), 2000, 1, args.threads, sizes=args.sizes)
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for name in SERVERS[2:]:
+                if name in args.servers:
+                    servers[name] = _start(repo, name)
+            like = next(iter(servers.values())).url
+            for name, flavour in (("echo aio", "aio"), ("echo thread", "thread")):
+                servers[name] = start_echo(flavour, like, "mlp")
+            requests = await _requests(like)
+            print(f"{report['model']}, batch-1 requests, {args.seconds:g} s windows; ratio = infer/s over the "
+                  "faster echo's unary at the same concurrency", flush=True)
+            print(f"  {'server':<16} {'mode':<9} {'infer/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
+                  f"{'p99/echo':>8} errors", flush=True)
+            for concurrency in args.concurrency:
+                level: dict[str, Any] = {"concurrency": concurrency, "results": {}}
+                for mode in args.modes:
+                    for name, server in servers.items():
+                        if mode == "streaming" and name.startswith("echo"):
+                            continue  # the target compares streaming to the echo's unary
+                        level["results"][f"{name}/{mode}"] = await _window(
+                            server.url, requests, concurrency, mode == "streaming", args.seconds)
+                echoes = [level["results"][f"{e}/unary"] for e in ("echo aio", "echo thread")
+                          if f"{e}/unary" in level["results"]]
+                best = max(echoes, key=lambda r: r["infer_per_sec"]) if echoes else None
+                for key, r in level["results"].items():
+                    r["ratio"] = r["infer_per_sec"] / best["infer_per_sec"] if best and best["infer_per_sec"] else 0.0
+                    r["p99_vs_echo"] = r["p99_ms"] / best["p99_ms"] if best and best["p99_ms"] else 0.0
+                    name, mode = key.split("/")
+                    print(f"  {name:<16} {mode:<9} {r['infer_per_sec']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+                          f"{r['ratio']:6.2f} {r['p99_vs_echo']:8.2f} {r['errors']:6d}   c={concurrency}", flush=True)
+                report["levels"].append(level)
+        finally:
+            for server in servers.values():
+                server.stop()
+        if args.ort:
+            ort = ort_ceiling(repo / "mlp" / "1" / "model.onnx", [1, max(args.concurrency)], 3, args.threads)
+            report["ort_in_process"] = ort
+            print("in-process ONNX Runtime: " + ", ".join(f"batch {b}: {v:.0f} infer/s" for b, v in ort.items()),
+                  flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", default=[1, 8, 32], type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured window per server and level")
+    parser.add_argument("--sizes", default=MLP_SIZES, type=lambda s: tuple(int(x) for x in s.split(",")))
+    parser.add_argument("--modes", default=["unary", "streaming"], type=lambda s: s.split(","))
+    parser.add_argument("--servers", default=list(SERVERS[2:5]), type=lambda s: s.split(","),
+                        help=f"tensorgate servers to measure (of {', '.join(SERVERS[2:])})")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--ort", action="store_true", help="also the in-process ONNX Runtime ceiling")
+    parser.add_argument("--json", type=Path, help="write the report here")
+    args = parser.parse_args(argv)
+    report = asyncio.run(run(args))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""bench.core_compare measures every server it names, unary and streaming, with no failed call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tensorgate.bench.core_compare import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_short_round_of_every_server(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    main(["--concurrency", "2", "--seconds", "0.3", "--sizes", "784,16,10", "--json", str(out),
+          "--servers", "tg inline,tg process,tg frontends 2,tg process loop-reader"])
+    report = json.loads(out.read_text())
+    (level,) = report["levels"]
+    names = {"echo aio/unary", "echo thread/unary"} | {
+        f"tg {n}/{m}" for n in ("inline", "process", "frontends 2", "process loop-reader") for m in ("unary", "streaming")}
+    assert set(level["results"]) == names
+    for key, r in level["results"].items():
+        assert r["errors"] == 0 and r["infer_per_sec"] > 0 and r["ratio"] > 0, (key, r)
