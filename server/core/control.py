@@ -13,14 +13,11 @@ import logging
 import pickle
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import UnavailableError
-from ..statistics import ModelStatistics
+from ..statistics import Counted, ModelStatistics
 from .channel import Channel
-
-if TYPE_CHECKING:
-    from ..request import InferRequest
 
 __all__ = ["CONTROL_CALL", "CONTROL_LOG", "CONTROL_REPLY", "ControlClient", "LogForwarder", "RemoteStatistics", "read_call", "snapshot_statistics"]
 
@@ -166,7 +163,7 @@ class RemoteStatistics(ModelStatistics):
         self.__dict__.update(merged.__dict__)
 
     # records: into the front end's counters
-    def record_cache_hit(self, request: InferRequest, lookup_ns: int, end: int) -> None:
+    def record_cache_hit(self, request: Counted, lookup_ns: int, end: int) -> None:
         self.__dict__["_local"].record_cache_hit(request, lookup_ns, end)
 
     def record_cache_miss(self, ns: int) -> None:
@@ -175,5 +172,5 @@ class RemoteStatistics(ModelStatistics):
     def record_failures(self, requests: Any, end: int, reason: str = "OTHER") -> None:
         self.__dict__["_local"].record_failures(requests, end, reason)
 
-    def record_queue_full(self, request: InferRequest, end: int) -> None:
+    def record_queue_full(self, request: Counted, end: int) -> None:
         self.__dict__["_local"].record_queue_full(request, end)
