@@ -37,8 +37,9 @@ from ..telemetry import tracing as _tracing
 from .arena import Allocator, Arena
 from .channel import Channel, FrameParser, check_peer, error_for
 from .control import ControlClient
+from .link import VersionSlot
 from .protocol import DONE, encode_cancel, encode_free, encode_submit, read_done
-from .versions import CoreVersions, VersionSlot
+from .versions import CoreVersions
 
 __all__ = ["EngineCoreClient", "core_log_level", "core_reader"]
 

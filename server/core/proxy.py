@@ -12,8 +12,7 @@ from .control import RemoteStatistics
 
 if TYPE_CHECKING:
     from ..telemetry.drift import DriftMonitor
-    from .client import EngineCoreClient
-    from .versions import VersionSlot
+    from .link import CoreLink, VersionSlot
 
 __all__ = ["CoreScheduler", "RemoteDrift", "RemoteEngine"]
 
@@ -31,7 +30,7 @@ class RemoteEngine:
 class RemoteDrift:
     """The drift monitor's face for the metrics endpoint: output, labels, and the core's snapshot."""
 
-    def __init__(self, client: EngineCoreClient, slot: VersionSlot, output: str, labels: list[str] | None) -> None:
+    def __init__(self, client: CoreLink, slot: VersionSlot, output: str, labels: list[str] | None) -> None:
         self._client = client
         self._slot = slot
         self.output = output
@@ -46,7 +45,7 @@ class CoreScheduler:
     """The Scheduler's interface (submit, cancel, stop, pending, instance_count, statistics, drift, start),
     answered by the engine core: requests and results cross through the client's arenas."""
 
-    def __init__(self, client: EngineCoreClient, slot: VersionSlot, instances: int,
+    def __init__(self, client: CoreLink, slot: VersionSlot, instances: int,
                  drift: dict[str, Any] | None = None) -> None:
         self._client = client
         self._slot = slot

@@ -1,6 +1,6 @@
 """Model versions loaded through the engine core: the registry's loader, unload, statistics, reload on restart.
 
-A ``VersionSlot`` is one version as the front end knows it in the core; its handle changes when a
+A version is known to the front end as a ``VersionSlot`` (link.py); its handle changes when a
 restarted core loads the version again, and the proxies (proxy.py) follow it.
 """
 
@@ -8,38 +8,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from tensorgate.clients.pb import model_config_pb2 as mc
 
 from ..errors import UnavailableError
 from ..model import ModelState, ModelVersion, set_tensors
 from ..telemetry.logs import model_state
+from .link import CoreLink, VersionSlot
 from .proxy import CoreScheduler, RemoteEngine
 
-if TYPE_CHECKING:
-    from .client import EngineCoreClient
-
-__all__ = ["CoreVersions", "VersionSlot"]
+__all__ = ["CoreVersions"]
 
 log = logging.getLogger("tensorgate.core")
-
-
-@dataclass
-class VersionSlot:
-    """One version loaded in the core; ``handle`` changes when a restarted core loads it again (0: not loaded)."""
-
-    name: str
-    version: int
-    load_args: dict[str, Any]
-    handle: int
-    inputs: dict[str, int]
-    outputs: list[str]
-    output_index: dict[str, int]
-    pending: int = 0
-    released: bool = False
 
 
 class CoreVersions:
@@ -84,7 +66,7 @@ class CoreVersions:
         mv.accuracy = reply["accuracy"]
         mv.input_guard = reply["input_guard"]
         mv.engine = RemoteEngine(mv.engine_kind)  # type: ignore[assignment]
-        client = cast("EngineCoreClient", self)
+        client = cast("CoreLink", self)
         mv.scheduler = CoreScheduler(client, slot, reply["instances"], reply["drift"])  # type: ignore[assignment]
         mv.state = ModelState.READY
         log.info("model %s version %d READY: %d instance(s) on %s in the engine core, max_batch_size %d", name,
