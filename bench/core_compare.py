@@ -1,7 +1,7 @@
 """Engine core modes side by side: the bare echoes, tensorgate inline, process and --frontends 2.
 
     python -m tensorgate.bench.core_compare [--concurrency 1,8,32] [--seconds 3] [--sizes 784,1024,1024,10]
-                                            [--modes unary,streaming] [--json out.json]
+                                            [--modes unary,streaming] [--cpu] [--json out.json]
 
 Model: the held-out MLP (784->1024->1024->10 fp32 unless --sizes), max_batch_size 64, dynamic batching
 (2000 us, adaptive), batch-1 requests of random data. Load: tensorgate bench's closed-loop grpc.aio
@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ from tensorgate.clients import AsyncInferenceClient
 from .ceilings import ort_ceiling
 from .inputs import build_requests, discover_model
 from .load import LoadGenerator, LoadSpec
+from .proc_cpu import cpu_sample, cpu_split
 from .servers import ServerProcess, start_echo, start_tensorgate
 from .throughput import MLP_SIZES, build_repository
 
 __all__ = ["main"]
 
-SERVERS = ("echo aio", "echo thread", "tg inline", "tg process", "tg frontends 2", "tg process loop-reader")
+SERVERS = ("echo aio", "echo thread", "tg inline", "tg process", "tg frontends 2", "tg process thread-reader")
 
 
 async def _requests(url: str) -> tuple[tuple[bytes, int], ...]:
@@ -41,27 +43,34 @@ async def _requests(url: str) -> tuple[tuple[bytes, int], ...]:
 
 
 async def _window(url: str, requests: tuple[tuple[bytes, int], ...], concurrency: int, streaming: bool,
-                  seconds: float) -> dict[str, Any]:
+                  seconds: float, server_pid: int = 0) -> dict[str, Any]:
     gen = LoadGenerator(LoadSpec(url=url, requests=requests, concurrency=concurrency, streaming=streaming,
                                  timeout_s=30.0, engine="aio"))
     await gen.start()
     try:
         await asyncio.sleep(min(1.0, seconds / 3))  # warm: connections up, batch sizes settled
         gen.cut()
+        before, client_before = (cpu_sample(server_pid) if server_pid else {}), time.process_time()
         await asyncio.sleep(seconds)
         sample = gen.cut()
+        after, client_after = (cpu_sample(server_pid) if server_pid else {}), time.process_time()
     finally:
         await gen.stop()
     hist = sample.histogram
-    return {"infer_per_sec": sample.infer_per_sec, "p50_ms": hist.percentile_ns(50) / 1e6,
-            "p99_ms": hist.percentile_ns(99) / 1e6, "errors": sample.error_count}
+    result: dict[str, Any] = {"infer_per_sec": sample.infer_per_sec, "p50_ms": hist.percentile_ns(50) / 1e6,
+                              "p99_ms": hist.percentile_ns(99) / 1e6, "errors": sample.error_count}
+    if server_pid:
+        requests_done = max(1, round(sample.infer_per_sec * seconds))
+        result["cpu"] = cpu_split(before, after, server_pid, requests_done)
+        result["cpu"]["client_us_per_request"] = round((client_after - client_before) * 1e6 / requests_done, 1)
+    return result
 
 
 def _start(repo: Path, name: str) -> ServerProcess:
     extra = {"tg inline": ["--engine-core", "inline"], "tg process": ["--engine-core", "process"],
-             "tg frontends 2": ["--frontends", "2"], "tg process loop-reader": ["--engine-core", "process"]}[name]
-    # the front end reads the core's answers with a thread unless told otherwise (the env var it reads)
-    os.environ["TENSORGATE_CORE_READER"] = "loop" if name.endswith("loop-reader") else "thread"
+             "tg frontends 2": ["--frontends", "2"], "tg process thread-reader": ["--engine-core", "process"]}[name]
+    # the event loop reads the core's answers (the default) unless told to use a reader thread
+    os.environ["TENSORGATE_CORE_READER"] = "thread" if name.endswith("thread-reader") else "loop"
     try:
         return start_tensorgate(repo, extra=[*extra, "--allow-http", "false"])
     finally:
@@ -93,7 +102,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         if mode == "streaming" and name.startswith("echo"):
                             continue  # the target compares streaming to the echo's unary
                         level["results"][f"{name}/{mode}"] = await _window(
-                            server.url, requests, concurrency, mode == "streaming", args.seconds)
+                            server.url, requests, concurrency, mode == "streaming", args.seconds,
+                            server.pid if args.cpu else 0)
                 echoes = [level["results"][f"{e}/unary"] for e in ("echo aio", "echo thread")
                           if f"{e}/unary" in level["results"]]
                 best = max(echoes, key=lambda r: r["infer_per_sec"]) if echoes else None
@@ -103,6 +113,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     name, mode = key.split("/")
                     print(f"  {name:<16} {mode:<9} {r['infer_per_sec']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
                           f"{r['ratio']:6.2f} {r['p99_vs_echo']:8.2f} {r['errors']:6d}   c={concurrency}", flush=True)
+                    if "cpu" in r:
+                        cpu = r["cpu"]
+                        split = ", ".join(f"{k} {v:.0f}" for k, v in cpu["us_per_request"].items())
+                        print(f"      CPU us/request: {split}; client {cpu['client_us_per_request']:.0f}", flush=True)
+                        busy = ", ".join(f"{k} {v:.0f}" for k, v in cpu["busiest_threads_us_per_request"].items())
+                        print(f"      busiest threads: {busy}", flush=True)
                 report["levels"].append(level)
         finally:
             for server in servers.values():
@@ -125,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"tensorgate servers to measure (of {', '.join(SERVERS[2:])})")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--ort", action="store_true", help="also the in-process ONNX Runtime ceiling")
+    parser.add_argument("--cpu", action="store_true",
+                        help="also each server's CPU per request, per process and busiest threads (/proc)")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     report = asyncio.run(run(args))
