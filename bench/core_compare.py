@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tensorgate.clients import AsyncInferenceClient
+import grpc
+
+from tensorgate.clients import AsyncInferenceClient, InferenceServerError
 
 from .ceilings import ort_ceiling
 from .inputs import build_requests, discover_model
@@ -42,6 +44,18 @@ async def _requests(url: str) -> tuple[tuple[bytes, int], ...]:
     return tuple((r.payload, r.rows) for r in build_requests(model, batch_size=1))
 
 
+async def _counts(url: str) -> tuple[int, int]:
+    """The mlp's (inference_count, execution_count) so far; (0, 0) from a server without statistics (an echo)."""
+    try:
+        async with AsyncInferenceClient(url, retry=False) as client:
+            stats = await client.get_inference_statistics("mlp")
+    except InferenceServerError as exc:
+        if exc.status != grpc.StatusCode.UNIMPLEMENTED:  # the echoes answer no statistics; anything else fails
+            raise
+        return 0, 0
+    return sum(s.inference_count for s in stats.model_stats), sum(s.execution_count for s in stats.model_stats)
+
+
 async def _window(url: str, requests: tuple[tuple[bytes, int], ...], concurrency: int, streaming: bool,
                   seconds: float, server_pid: int = 0) -> dict[str, Any]:
     gen = LoadGenerator(LoadSpec(url=url, requests=requests, concurrency=concurrency, streaming=streaming,
@@ -50,15 +64,20 @@ async def _window(url: str, requests: tuple[tuple[bytes, int], ...], concurrency
     try:
         await asyncio.sleep(min(1.0, seconds / 3))  # warm: connections up, batch sizes settled
         gen.cut()
+        counts_before = await _counts(url)
         before, client_before = (cpu_sample(server_pid) if server_pid else {}), time.process_time()
         await asyncio.sleep(seconds)
         sample = gen.cut()
         after, client_after = (cpu_sample(server_pid) if server_pid else {}), time.process_time()
+        counts_after = await _counts(url)
     finally:
         await gen.stop()
     hist = sample.histogram
     result: dict[str, Any] = {"infer_per_sec": sample.infer_per_sec, "p50_ms": hist.percentile_ns(50) / 1e6,
                               "p99_ms": hist.percentile_ns(99) / 1e6, "errors": sample.error_count}
+    executions = counts_after[1] - counts_before[1]
+    if executions > 0:  # the server's own count: the batch size to compare with in-process ONNX Runtime
+        result["mean_batch"] = round((counts_after[0] - counts_before[0]) / executions, 1)
     if server_pid:
         requests_done = max(1, round(sample.infer_per_sec * seconds))
         result["cpu"] = cpu_split(before, after, server_pid, requests_done)
@@ -112,7 +131,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     r["p99_vs_echo"] = r["p99_ms"] / best["p99_ms"] if best and best["p99_ms"] else 0.0
                     name, mode = key.split("/")
                     print(f"  {name:<16} {mode:<9} {r['infer_per_sec']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-                          f"{r['ratio']:6.2f} {r['p99_vs_echo']:8.2f} {r['errors']:6d}   c={concurrency}", flush=True)
+                          f"{r['ratio']:6.2f} {r['p99_vs_echo']:8.2f} {r['errors']:6d}   c={concurrency}"
+                          + (f", mean batch {r['mean_batch']}" if "mean_batch" in r else ""), flush=True)
                     if "cpu" in r:
                         cpu = r["cpu"]
                         split = ", ".join(f"{k} {v:.0f}" for k, v in cpu["us_per_request"].items())
@@ -124,7 +144,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for server in servers.values():
                 server.stop()
         if args.ort:
-            ort = ort_ceiling(repo / "mlp" / "1" / "model.onnx", [1, max(args.concurrency)], 3, args.threads)
+            batches = {round(r["mean_batch"]) for level in report["levels"] for r in level["results"].values()
+                       if r.get("mean_batch")}
+            sizes = sorted({1, max(args.concurrency)} | {b for b in batches if b > 0})
+            ort = ort_ceiling(repo / "mlp" / "1" / "model.onnx", sizes, 3, args.threads)
             report["ort_in_process"] = ort
             print("in-process ONNX Runtime: " + ", ".join(f"batch {b}: {v:.0f} infer/s" for b, v in ort.items()),
                   flush=True)

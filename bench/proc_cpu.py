@@ -74,10 +74,12 @@ def cpu_split(before: CpuSample, after: CpuSample, root: int, requests: int) -> 
     threads: dict[str, float] = {}
     for key, seconds in after.items():
         used = seconds - before.get(key, 0.0)
-        pid, process, _tid, thread = key
+        pid, process, tid, thread = key
         role = "front end" if pid == root else _role(pid, process)
         per_process[role] = per_process.get(role, 0.0) + used
-        label = f"{role}: {thread}"
+        # Python and ONNX Runtime threads all carry the process's name: the main thread (the event loop) is
+        # told apart by its id, the others by theirs
+        label = f"{role}: main thread" if tid == pid else f"{role}: {thread} {tid}"
         threads[label] = threads.get(label, 0.0) + used
     n = max(1, requests)
     busiest = sorted(threads.items(), key=lambda kv: -kv[1])[:4]

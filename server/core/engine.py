@@ -79,7 +79,10 @@ def _load_key(name: str, version: int, model_file: str, config: bytes, max_batch
         stamp: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         stamp = (0, 0)
-    return name, version, model_file, config, max_batch_size_given, stamp
+    # map fields (parameters) serialize in an order that differs between processes (string hash seeds):
+    # compare one canonical form, or two front ends would build two engines and two queues
+    canonical = mc.ModelConfig.FromString(config).SerializeToString(deterministic=True)
+    return name, version, model_file, canonical, max_batch_size_given, stamp
 
 
 def _drift_info(mv: ModelVersion) -> dict[str, Any] | None:
@@ -260,6 +263,8 @@ class EngineCore:
     def op_load(self, connection: Connection, name: str, version: int, model_file: str, config: bytes,
                 max_batch_size_given: bool, engine_settings: Any) -> dict[str, Any]:
         key = _load_key(name, version, model_file, config, max_batch_size_given)
+        # the whole check-load-register under one lock: a second front end loading the same version while the
+        # first one's load runs must find it registered, not build its own engine and queue
         with self._loads:
             with self._lock:
                 for handle, loaded in self.versions.items():
@@ -269,20 +274,20 @@ class EngineCore:
             given = mc.ModelConfig.FromString(config)
             mv = load_model_version(name, version, Path(model_file), given,
                                     max_batch_size_given=max_batch_size_given, engine_settings=engine_settings)
-        if not mv.ready:
-            return {"ready": False, "reason": mv.reason}
-        reply = {
-            "ready": True, "config": mv.config.SerializeToString(), "engine_kind": mv.engine_kind,
-            "cache_hit": mv.cache_hit, "warmup_runs": mv.warmup_runs, "accuracy": mv.accuracy,
-            "input_guard": mv.input_guard, "instances": mv.scheduler.instance_count if mv.scheduler else 0,
-            "drift": _drift_info(mv),
-        }
-        outputs = list(mv.outputs)
-        with self._lock:
-            handle = self._next_handle
-            self._next_handle += 1
-            self.versions[handle] = _Loaded(mv, key, reply, list(mv.inputs), outputs,
-                                            {n: i for i, n in enumerate(outputs)}, {connection.id})
+            if not mv.ready:
+                return {"ready": False, "reason": mv.reason}
+            reply = {
+                "ready": True, "config": mv.config.SerializeToString(), "engine_kind": mv.engine_kind,
+                "cache_hit": mv.cache_hit, "warmup_runs": mv.warmup_runs, "accuracy": mv.accuracy,
+                "input_guard": mv.input_guard, "instances": mv.scheduler.instance_count if mv.scheduler else 0,
+                "drift": _drift_info(mv),
+            }
+            outputs = list(mv.outputs)
+            with self._lock:
+                handle = self._next_handle
+                self._next_handle += 1
+                self.versions[handle] = _Loaded(mv, key, reply, list(mv.inputs), outputs,
+                                                {n: i for i, n in enumerate(outputs)}, {connection.id})
         return {**reply, "handle": handle}
 
     def op_unload(self, connection: Connection, handle: int, wait: float | None) -> bool:

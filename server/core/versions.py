@@ -39,7 +39,7 @@ class CoreVersions:
         mv = ModelVersion(name, version, model_file.parent.parent)
         log.info("model %s version %d LOADING", name, version, extra=model_state(name, version, "LOADING"))
         args = {"name": name, "version": version, "model_file": str(model_file),
-                "config": given.SerializeToString(), "max_batch_size_given": max_batch_size_given,
+                "config": given.SerializeToString(deterministic=True), "max_batch_size_given": max_batch_size_given,
                 "engine_settings": engine_settings}
         reply: dict[str, Any] = {}
         try:

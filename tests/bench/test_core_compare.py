@@ -30,3 +30,5 @@ def test_one_short_round_of_every_server(tmp_path: Path) -> None:
     assert {"front end", "engine core"} <= split["tg process/unary"]
     assert {"front end", "engine core"} < split["tg frontends 2/unary"]  # and the second front end
     assert all(r["cpu"]["client_us_per_request"] > 0 for r in level["results"].values())
+    # the batch size the server formed, from its statistics, is what in-process ONNX Runtime is compared at
+    assert all(r["mean_batch"] >= 1 for key, r in level["results"].items() if key.startswith("tg "))

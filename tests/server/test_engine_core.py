@@ -425,3 +425,19 @@ def test_a_restarted_core_takes_both_front_ends_back(core_repository: Path) -> N
     finally:
         second.stop()
         owner.stop()
+
+
+def test_front_ends_loading_one_config_share_its_load_key_whatever_the_map_order(tmp_path: Path) -> None:
+    """Two front ends serialize a config's parameters map in different orders (per-process hash seeds):
+    the core must still see one version, or each front end gets its own engine and queue."""
+    from tensorgate.clients.pb import model_config_pb2 as mc
+    from tensorgate.server.core.engine import _load_key
+
+    a, b = mc.ModelConfig(name="m"), mc.ModelConfig(name="m")
+    a.parameters["adaptive_queue_delay"].string_value = "true"
+    b.parameters["intra_op_thread_count"].string_value = "1"
+    one, other = a.SerializeToString() + b.SerializeToString(), b.SerializeToString() + a.SerializeToString()
+    assert one != other and mc.ModelConfig.FromString(one) == mc.ModelConfig.FromString(other)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    assert _load_key("m", 1, str(model), one, False) == _load_key("m", 1, str(model), other, False)
