@@ -19,4 +19,20 @@ fi
 npm ci --prefix tests/deploy/crd --no-audit --no-fund --silent
 
 .venv/bin/python protos/generate.py --check
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+
+# The engine core in its own process (--engine-core process, issue 13): batching, statistics, traces, drain,
+# deadlines, cancellation and model control must behave the same across the process boundary. The whole suite
+# passes in that mode too (TENSORGATE_ENGINE_CORE=process .venv/bin/python -m pytest tests); a plain run also
+# repeats these files in it, which keeps CI short. A run naming its own tests skips this.
+options=()
+for arg in "$@"; do
+    case "$arg" in
+        -*) options+=("$arg") ;;
+        *) exit 0 ;;
+    esac
+done
+TENSORGATE_ENGINE_CORE=process exec .venv/bin/python -m pytest "${options[@]}" \
+    tests/server/test_batching_grpc.py tests/server/test_scheduler.py tests/server/test_drain.py \
+    tests/server/test_rpcs.py tests/server/test_model_control.py tests/server/test_response_cache.py \
+    tests/telemetry/test_tracing.py tests/telemetry/test_metrics.py tests/clients/test_client_streaming.py
