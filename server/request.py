@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .telemetry.drift import DriftMonitor
     from .tensor_info import TensorInfo
 
-__all__ = ["CompletionSink", "InferRequest", "ModelScheduler", "RequestedOutput", "ServedModel"]
+__all__ = ["CompletionSink", "InferRequest", "ModelScheduler", "RequestedOutput", "ServedModel", "by_sink"]
 
 
 class ShmWindow(NamedTuple):
@@ -164,3 +164,17 @@ class InferRequest:
         self.waiter: Any = None  # the transport's future/event for this request
         self.version_named = False  # the client named a version (else "latest", which a rollout may move)
         self.cache_entry: Any = None  # a response cache miss: (key, lookup ns), taken when it is delivered
+
+
+def by_sink(requests: Sequence[InferRequest]) -> list[tuple[CompletionSink, list[InferRequest]]]:
+    """Finished requests grouped by where they go, in order: one deliver call per sink and batch."""
+    groups: dict[int, tuple[CompletionSink, list[InferRequest]]] = {}
+    for r in requests:
+        if r.sink is None:
+            continue
+        entry = groups.get(id(r.sink))
+        if entry is None:
+            groups[id(r.sink)] = (r.sink, [r])
+        else:
+            entry[1].append(r)
+    return list(groups.values())

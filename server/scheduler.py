@@ -39,7 +39,7 @@ from tensorgate.engines import EngineError, EngineInstance
 from .errors import DeadlineExceededError, InternalError, QueueFullError, RetiredError, UnavailableError
 from .plan import ModelPlan
 from .priority_queue import PriorityQueue
-from .request import InferRequest
+from .request import InferRequest, by_sink
 from .statistics import ModelStatistics
 from .telemetry import tracing as _tracing
 
@@ -432,16 +432,7 @@ class Scheduler:
     def _deliver(self, requests: list[InferRequest]) -> None:
         if self._preserve_ordering:
             requests = self._in_order(requests)
-        by_sink: dict[int, tuple[Any, list[InferRequest]]] = {}
-        for r in requests:
-            if r.sink is None:
-                continue
-            entry = by_sink.get(id(r.sink))
-            if entry is None:
-                by_sink[id(r.sink)] = (r.sink, [r])
-            else:
-                entry[1].append(r)
-        for sink, group in by_sink.values():
+        for sink, group in by_sink(requests):
             try:
                 sink.deliver(group)
             except Exception:  # a transport that went away must not kill the worker

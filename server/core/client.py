@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from ..errors import UnavailableError
-from ..request import InferRequest
+from ..request import InferRequest, by_sink
 from ..servicer import LoopSink
 from ..telemetry import tracing as _tracing
 from .arena import Allocator, Arena
@@ -410,20 +410,11 @@ class EngineCoreClient(CoreVersions):
 
 def _deliver(requests: list[InferRequest]) -> None:
     """Hand finished requests to their sinks, one call per sink (as the Scheduler does)."""
-    by_sink: dict[int, tuple[Any, list[InferRequest]]] = {}
-    for r in requests:
-        if r.sink is None:
-            continue
-        entry = by_sink.get(id(r.sink))
-        if entry is None:
-            by_sink[id(r.sink)] = (r.sink, [r])
-        else:
-            entry[1].append(r)
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         running = None
-    for sink, group in by_sink.values():
+    for sink, group in by_sink(requests):
         try:
             if running is not None and isinstance(sink, LoopSink) and sink._loop is running:
                 LoopSink._resolve(group)  # the loop reader: already on the sink's loop, no hop
